@@ -1,0 +1,295 @@
+//! [`CacheBuilder`]: every option, its default, and the trade-off it sets.
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, ProtocolVersion};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+use crate::cache::{Cache, Inner};
+use crate::codec::{Codec, DefaultCodec};
+use crate::error::{Error, ErrorKind};
+use crate::keys::Layout;
+use crate::local::{Flights, Local};
+use crate::notify::{Waiters, spawn_listener};
+use crate::remote::Remote;
+use crate::stats::Counters;
+
+/// The settings a built cache runs with.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) ttl: Duration,
+    pub(crate) jitter: f64,
+    pub(crate) lock_ttl: Duration,
+    pub(crate) wait_timeout: Duration,
+    pub(crate) load_timeout: Duration,
+    pub(crate) redis_timeout: Duration,
+    pub(crate) max_value_size: usize,
+    pub(crate) local_ttl: Option<Duration>,
+    pub(crate) max_capacity: u64,
+    pub(crate) poll_min: Duration,
+    pub(crate) poll_max: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ttl: Duration::from_secs(60),
+            jitter: 0.1,
+            lock_ttl: Duration::from_secs(3),
+            wait_timeout: Duration::from_secs(10),
+            load_timeout: Duration::from_secs(10),
+            redis_timeout: Duration::from_millis(500),
+            max_value_size: 8 << 20,
+            local_ttl: None,
+            max_capacity: 10_000,
+            poll_min: Duration::from_millis(20),
+            poll_max: Duration::from_millis(250),
+        }
+    }
+}
+
+enum RedisSource {
+    Url(String),
+    Client(Client),
+}
+
+/// Builds a [`Cache`]. Start with [`Cache::builder`].
+#[must_use = "a builder does nothing until .build().await"]
+pub struct CacheBuilder<V, C = DefaultCodec> {
+    namespace: String,
+    redis: Option<RedisSource>,
+    config: Config,
+    codec: C,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V> CacheBuilder<V, DefaultCodec> {
+    pub(crate) fn new(namespace: String) -> Self {
+        CacheBuilder {
+            namespace,
+            redis: None,
+            config: Config::default(),
+            codec: DefaultCodec::default(),
+            _value: PhantomData,
+        }
+    }
+}
+
+impl<V, C: Codec> CacheBuilder<V, C> {
+    /// The Redis to use, as a URL (`redis://127.0.0.1:6379/0`). Required,
+    /// unless [`client`](Self::client) is given. The cache opens its own
+    /// connection with RESP3 (for push notices) whatever the URL says.
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis = Some(RedisSource::Url(url.into()));
+        self
+    }
+
+    /// The Redis to use, as a `redis::Client` (for TLS, ACL or other settings
+    /// a URL cannot carry). The cache builds its own `ConnectionManager`
+    /// from it, because it needs a push channel and its own timeouts on it.
+    pub fn client(mut self, client: Client) -> Self {
+        self.redis = Some(RedisSource::Client(client));
+        self
+    }
+
+    /// How long a computed value is fresh. Default 60 s. Each write takes up
+    /// to [`jitter`](Self::jitter) off it, so keys written together do not
+    /// expire together.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.config.ttl = ttl;
+        self
+    }
+
+    /// The largest fraction taken at random off `ttl` on each write, in
+    /// `0.0..1.0`. Default 0.1. It only shortens: `ttl` stays the bound on
+    /// how old a value can be. 0 turns jitter off (and brings back
+    /// synchronised expiry of keys filled together).
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.config.jitter = fraction;
+        self
+    }
+
+    /// How long the rebuild lock lives without its watchdog. Default 3 s.
+    /// The winner's watchdog re-arms it every `lock_ttl / 3` while the
+    /// loader runs, so this is *not* a bound on the loader; it is how long a
+    /// crashed holder keeps others waiting. Shorter recovers faster from
+    /// crashes but needs Redis to answer the watchdog within `lock_ttl / 3`.
+    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.config.lock_ttl = ttl;
+        self
+    }
+
+    /// How long a caller waits for another process's load before giving up
+    /// with [`ErrorKind::WaitTimeout`]. Default 10 s.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.config.wait_timeout = timeout;
+        self
+    }
+
+    /// How long the loader may run before the lock holder gives up on it
+    /// (the loader task is aborted, the lock released, callers get
+    /// [`ErrorKind::LoadTimeout`]). Default 10 s. Without such a bound a hung
+    /// loader would keep the key locked for the whole fleet.
+    pub fn load_timeout(mut self, timeout: Duration) -> Self {
+        self.config.load_timeout = timeout;
+        self
+    }
+
+    /// The longest any single Redis command (or connection attempt) may
+    /// take. Default 500 ms. Past it the command counts as failed: reads
+    /// fall back to the loader, writes return [`ErrorKind::Redis`].
+    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.config.redis_timeout = timeout;
+        self
+    }
+
+    /// The largest encoded value, in bytes, that is written or decoded.
+    /// Default 8 MiB. A larger value is refused with
+    /// [`ErrorKind::ValueTooLarge`] (the loader's result still reaches the
+    /// callers, but is not cached); larger stored bytes read as a miss.
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.config.max_value_size = bytes;
+        self
+    }
+
+    /// Caps how long a value stays in this process's memory, whatever its
+    /// TTL. Default: the TTL itself. L1 copies are the ones that must be
+    /// reached by pub/sub to be invalidated, so a short cap bounds the damage
+    /// of a lost notice at the price of more Redis reads.
+    pub fn local_ttl(mut self, ttl: Duration) -> Self {
+        self.config.local_ttl = Some(ttl);
+        self
+    }
+
+    /// How many entries L1 holds before moka evicts (TinyLFU). Default 10,000.
+    pub fn max_capacity(mut self, entries: u64) -> Self {
+        self.config.max_capacity = entries;
+        self
+    }
+
+    /// The first and the longest interval at which a waiter re-checks Redis
+    /// if no fill notice arrives. Defaults 20 ms and 250 ms, doubling in
+    /// between. Notices normally wake waiters long before; this is the
+    /// fallback for a lost notice. A waiter also wakes when the lock it waits
+    /// on is due to expire, so a crashed holder is replaced promptly anyway.
+    pub fn poll_interval(mut self, first: Duration, longest: Duration) -> Self {
+        self.config.poll_min = first;
+        self.config.poll_max = longest.max(first);
+        self
+    }
+
+    /// Replaces the codec (default [`DefaultCodec`]).
+    pub fn codec<C2: Codec>(self, codec: C2) -> CacheBuilder<V, C2> {
+        CacheBuilder {
+            namespace: self.namespace,
+            redis: self.redis,
+            config: self.config,
+            codec,
+            _value: PhantomData,
+        }
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        let c = &self.config;
+        let bad = |m: &str| Err(Error::new(ErrorKind::Config, m.to_owned()));
+        if c.ttl < Duration::from_millis(1) {
+            return bad("ttl must be at least 1 ms");
+        }
+        if !(0.0..1.0).contains(&c.jitter) {
+            return bad("jitter must be in 0.0..1.0");
+        }
+        if c.lock_ttl < Duration::from_millis(30) {
+            return bad("lock_ttl must be at least 30 ms (the watchdog runs every lock_ttl/3)");
+        }
+        if c.redis_timeout.is_zero() || c.poll_min.is_zero() {
+            return bad("redis_timeout and poll intervals must be above zero");
+        }
+        Ok(())
+    }
+}
+
+impl<V, C> CacheBuilder<V, C>
+where
+    V: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    /// Connects to Redis, subscribes to the namespace's notice channel and
+    /// returns the cache. Must run inside a Tokio runtime.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] for a bad namespace, URL or setting;
+    /// [`ErrorKind::Redis`] if Redis cannot be reached within
+    /// `redis_timeout` (the cache does not start without Redis).
+    pub async fn build(self) -> Result<Cache<V, C>, Error> {
+        self.check()?;
+        let layout = Layout::new(&self.namespace)?;
+        let client = match self.redis {
+            None => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "no Redis given: call .redis_url(…) or .client(…)",
+                ));
+            }
+            Some(RedisSource::Url(url)) => Client::open(url.as_str()).map_err(|e| {
+                Error::with_source(ErrorKind::Config, format!("bad Redis URL {url:?}"), e)
+            })?,
+            Some(RedisSource::Client(client)) => client,
+        };
+        // Push notices need RESP3; force it rather than make users remember.
+        let info = client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(settings))
+            .map_err(|e| Error::with_source(ErrorKind::Config, "Redis client", e))?;
+
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let timeout = self.config.redis_timeout;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            .set_push_sender(push_tx)
+            .set_automatic_resubscription();
+        let mut conn = ConnectionManager::new_with_config(client, manager_config)
+            .await
+            .map_err(|e| Error::redis("connect", e))?;
+        conn.subscribe(layout.channel())
+            .await
+            .map_err(|e| Error::redis("subscribe", e))?;
+
+        let origin = fastrand::u64(..);
+        let local = Local::new(
+            self.config.max_capacity,
+            self.config.local_ttl.unwrap_or(self.config.ttl),
+        );
+        let flights = Arc::new(Flights::default());
+        let waiters = Arc::new(Waiters::default());
+        let (l1, fl) = (local.clone(), flights.clone());
+        spawn_listener(
+            push_rx,
+            waiters.clone(),
+            Box::new(move |key: Option<&str>, voids: bool| match key {
+                Some(k) => {
+                    if voids {
+                        fl.void(k);
+                    }
+                    l1.remove(k);
+                }
+                None => l1.clear(),
+            }),
+            origin,
+        );
+        Ok(Cache::from_inner(Inner {
+            remote: Remote::new(conn, layout, origin),
+            local,
+            flights,
+            waiters,
+            stats: Arc::new(Counters::default()),
+            config: self.config,
+            codec: self.codec,
+        }))
+    }
+}

@@ -1,0 +1,141 @@
+//! Where a cache key lives in Redis.
+//!
+//! `hc:{<ns>:<key>}:v` holds the value envelope and `hc:{<ns>:<key>}:l` the
+//! rebuild lock. The braces are a Redis Cluster hash tag: both keys hash to
+//! one slot, so one Lua script may touch both. Redis takes the tag from the
+//! first `{` to the first `}` after it; the first `{` is always ours, so a `}`
+//! inside the user key only shortens the tag — identically for both keys —
+//! and every user key still maps to distinct Redis keys (the suffix is fixed).
+//! A namespace with a brace could make the tag empty or split it, so it is
+//! refused.
+//!
+//! Notices travel on one channel per namespace, `hc:bus:<ns>`, rather than
+//! one per key: each process subscribes once when the cache is built, so
+//! waiting for a fill costs no SUBSCRIBE round trip.
+
+use crate::error::{Error, ErrorKind};
+
+/// Longest accepted user key, in bytes. Redis would take far more, but a key
+/// this long is a bug in the caller, and it is copied into every notice.
+pub const MAX_KEY_LEN: usize = 4096;
+
+/// Longest accepted namespace, in bytes.
+pub const MAX_NAMESPACE_LEN: usize = 256;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    prefix: String,
+    channel: String,
+}
+
+/// The Redis keys of one cache key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RedisKeys {
+    pub(crate) value: String,
+    pub(crate) lock: String,
+}
+
+impl Layout {
+    pub(crate) fn new(namespace: &str) -> Result<Self, Error> {
+        if namespace.is_empty() || namespace.len() > MAX_NAMESPACE_LEN {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("namespace must be 1 to {MAX_NAMESPACE_LEN} bytes"),
+            ));
+        }
+        if namespace.contains(['{', '}']) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "namespace {namespace:?} contains a brace, which would break the Redis Cluster hash tag"
+                ),
+            ));
+        }
+        Ok(Layout {
+            prefix: format!("hc:{{{namespace}:"),
+            channel: format!("hc:bus:{namespace}"),
+        })
+    }
+
+    pub(crate) fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    pub(crate) fn keys(&self, key: &str) -> RedisKeys {
+        let mut value = String::with_capacity(self.prefix.len() + key.len() + 3);
+        value.push_str(&self.prefix);
+        value.push_str(key);
+        value.push_str("}:");
+        let mut lock = value.clone();
+        value.push('v');
+        lock.push('l');
+        RedisKeys { value, lock }
+    }
+}
+
+pub(crate) fn check_key(key: &str) -> Result<(), Error> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::new(
+            ErrorKind::InvalidKey,
+            format!("key is {} bytes; the limit is {MAX_KEY_LEN}", key.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// The hash tag Redis Cluster would use for `key` (test helper and doc aid).
+#[cfg(test)]
+fn hash_tag(key: &str) -> &str {
+    if let Some(open) = key.find('{') {
+        if let Some(len) = key[open + 1..].find('}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_and_lock_share_a_hash_tag() {
+        let layout = Layout::new("products").unwrap();
+        for key in ["42", "", "a}b", "{x}", "}}", "with space", "ключ", "a\nb"] {
+            let k = layout.keys(key);
+            assert_eq!(hash_tag(&k.value), hash_tag(&k.lock), "key {key:?}");
+            assert!(k.value.ends_with(":v") && k.lock.ends_with(":l"));
+        }
+        assert_eq!(layout.keys("42").value, "hc:{products:42}:v");
+        assert_eq!(hash_tag("hc:{products:42}:v"), "products:42");
+    }
+
+    #[test]
+    fn distinct_user_keys_map_to_distinct_redis_keys() {
+        let layout = Layout::new("ns").unwrap();
+        let keys = ["a", "a}:v", "a}:l", "a}", "a:", ""];
+        let mut all: Vec<String> = keys
+            .iter()
+            .flat_map(|k| {
+                let r = layout.keys(k);
+                [r.value, r.lock]
+            })
+            .collect();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n);
+    }
+
+    #[test]
+    fn bad_namespaces_and_keys_are_refused() {
+        for ns in ["", "a{b", "a}b", "{}"] {
+            assert_eq!(Layout::new(ns).unwrap_err().kind(), ErrorKind::Config);
+        }
+        assert!(check_key(&"k".repeat(MAX_KEY_LEN)).is_ok());
+        let err = check_key(&"k".repeat(MAX_KEY_LEN + 1)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidKey);
+    }
+}

@@ -1,0 +1,267 @@
+//! The in-process tier: a `moka` cache of decoded values, plus the table of
+//! loads in flight that coalesces concurrent misses of one key.
+//!
+//! We use `moka::sync::Cache`, not `moka::future::Cache`: the future cache's
+//! selling point is its async `get_with` coalescing, but our coalescing has
+//! to do more than moka's (take a fleet-wide lock, be voidable by
+//! `invalidate`, keep running when the caller is dropped), so we keep our own
+//! table, and the sync cache gives a hit path with no `.await` at all.
+
+use moka::Expiry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+use crate::envelope::{Header, now_ms};
+use crate::error::{Error, ErrorKind};
+
+/// One L1 entry: the shared value and when it stops being fresh.
+pub(crate) struct Entry<V> {
+    pub(crate) value: Arc<V>,
+    pub(crate) fresh_until: Instant,
+    expires_at: Instant,
+}
+
+impl<V> Clone for Entry<V> {
+    fn clone(&self) -> Self {
+        Entry {
+            value: self.value.clone(),
+            fresh_until: self.fresh_until,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+struct PerEntryExpiry;
+
+impl<V> Expiry<String, Entry<V>> for PerEntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        entry: &Entry<V>,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(entry.expires_at.saturating_duration_since(created_at))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        entry: &Entry<V>,
+        updated_at: Instant,
+        _current: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.expires_at.saturating_duration_since(updated_at))
+    }
+}
+
+/// The moka tier. Cheap to clone (moka's cache is an `Arc` inside).
+pub(crate) struct Local<V> {
+    cache: moka::sync::Cache<String, Entry<V>>,
+    local_ttl: Duration,
+}
+
+impl<V> Clone for Local<V> {
+    fn clone(&self) -> Self {
+        Local {
+            cache: self.cache.clone(),
+            local_ttl: self.local_ttl,
+        }
+    }
+}
+
+impl<V: Send + Sync + 'static> Local<V> {
+    pub(crate) fn new(max_capacity: u64, local_ttl: Duration) -> Self {
+        Local {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(max_capacity)
+                .expire_after(PerEntryExpiry)
+                .build(),
+            local_ttl,
+        }
+    }
+
+    /// The entry, if any. Freshness is the caller's question.
+    #[inline]
+    pub(crate) fn get(&self, key: &str) -> Option<Entry<V>> {
+        self.cache.get(key)
+    }
+
+    /// Keeps `value` until the header's stale-until instant, but never longer
+    /// than `local_ttl`: L1 copies are the ones other processes can only
+    /// reach by pub/sub, so their life is capped independently.
+    pub(crate) fn insert(&self, key: &str, value: Arc<V>, header: &Header) {
+        let now = Instant::now();
+        let now_unix = now_ms();
+        let at = |unix_ms: u64| now + Duration::from_millis(unix_ms.saturating_sub(now_unix));
+        let cap = now + self.local_ttl;
+        let fresh_until = at(header.fresh_until_ms).min(cap);
+        let expires_at = at(header.stale_until_ms).min(cap).max(fresh_until);
+        if expires_at <= now {
+            return;
+        }
+        self.cache.insert(
+            key.to_owned(),
+            Entry {
+                value,
+                fresh_until,
+                expires_at,
+            },
+        );
+    }
+
+    pub(crate) fn remove(&self, key: &str) {
+        self.cache.invalidate(key);
+    }
+
+    pub(crate) fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+}
+
+pub(crate) type Outcome<V> = Result<Arc<V>, Error>;
+
+/// One load in flight in this process; every caller of the key awaits it.
+pub(crate) struct Flight<V> {
+    result: watch::Sender<Option<Outcome<V>>>,
+    /// Set by `set`/`invalidate` of the key. A mutex, not an atomic, so that
+    /// "not voided, so insert into L1" is one step that `void` cannot split.
+    voided: Mutex<bool>,
+}
+
+impl<V> Flight<V> {
+    /// Waits for the outcome. The load runs in its own task, so dropping this
+    /// future abandons only the wait, never the load.
+    pub(crate) async fn wait(&self) -> Outcome<V> {
+        let mut rx = self.result.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(done) => done.as_ref().expect("checked by wait_for").clone(),
+            Err(_) => Err(Error::new(
+                ErrorKind::LoaderPanicked,
+                "the load task ended without a result",
+            )),
+        }
+    }
+
+    pub(crate) fn complete(&self, outcome: Outcome<V>) {
+        self.result.send_replace(Some(outcome));
+    }
+
+    pub(crate) fn is_complete(&self) -> bool {
+        self.result.borrow().is_some()
+    }
+
+    /// True once `set` or `invalidate` ran for the key after this load
+    /// started: its result must not enter L1.
+    #[cfg(test)]
+    pub(crate) fn is_voided(&self) -> bool {
+        *self.voided.lock().expect("voided lock")
+    }
+
+    /// Puts the loaded value into L1 unless the flight was voided meanwhile.
+    /// Holding the lock across the insert means that once `void` returns, no
+    /// value from this flight can still land in L1.
+    pub(crate) fn insert_unless_voided(
+        &self,
+        local: &Local<V>,
+        key: &str,
+        value: Arc<V>,
+        header: &Header,
+    ) where
+        V: Send + Sync + 'static,
+    {
+        let voided = self.voided.lock().expect("voided lock");
+        if !*voided {
+            local.insert(key, value, header);
+        }
+    }
+}
+
+/// The table of loads in flight, by key.
+pub(crate) struct Flights<V> {
+    map: Mutex<HashMap<Box<str>, Arc<Flight<V>>>>,
+}
+
+impl<V> Default for Flights<V> {
+    fn default() -> Self {
+        Flights {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<V> Flights<V> {
+    /// Joins the load of `key`, or registers a new one. `true` means the
+    /// caller is the leader and must start the load.
+    pub(crate) fn join(&self, key: &str) -> (Arc<Flight<V>>, bool) {
+        let mut map = self.map.lock().expect("flights lock");
+        if let Some(f) = map.get(key) {
+            return (f.clone(), false);
+        }
+        let flight = Arc::new(Flight {
+            result: watch::channel(None).0,
+            voided: Mutex::new(false),
+        });
+        map.insert(key.into(), flight.clone());
+        (flight, true)
+    }
+
+    /// Removes `flight` from the table if it is still the registered one.
+    pub(crate) fn finish(&self, key: &str, flight: &Arc<Flight<V>>) {
+        let mut map = self.map.lock().expect("flights lock");
+        if map.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            map.remove(key);
+        }
+    }
+
+    /// Voids the load of `key`, if any, and detaches it so the next caller
+    /// starts a new one.
+    pub(crate) fn void(&self, key: &str) {
+        let flight = self.map.lock().expect("flights lock").remove(key);
+        if let Some(f) = flight {
+            *f.voided.lock().expect("voided lock") = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_leader_per_key_and_void_detaches() {
+        let flights: Flights<u32> = Flights::default();
+        let (a, lead_a) = flights.join("k");
+        let (b, lead_b) = flights.join("k");
+        assert!(lead_a && !lead_b && Arc::ptr_eq(&a, &b));
+        flights.void("k");
+        assert!(a.is_voided());
+        let (c, lead_c) = flights.join("k");
+        assert!(lead_c && !Arc::ptr_eq(&a, &c));
+        flights.finish("k", &a); // stale flight must not remove the new one
+        assert!(!flights.join("k").1);
+    }
+
+    #[test]
+    fn l1_entry_life_is_capped_by_local_ttl() {
+        let local: Local<u32> = Local::new(100, Duration::from_millis(50));
+        let now = now_ms();
+        let header = Header {
+            flags: 0,
+            compute_ms: 0,
+            fresh_until_ms: now + 60_000,
+            stale_until_ms: now + 60_000,
+        };
+        local.insert("k", Arc::new(7), &header);
+        let e = local.get("k").unwrap();
+        assert!(e.fresh_until <= Instant::now() + Duration::from_millis(50));
+        let expired = Header {
+            fresh_until_ms: now.saturating_sub(10),
+            stale_until_ms: now.saturating_sub(10),
+            ..header
+        };
+        local.insert("gone", Arc::new(1), &expired);
+        assert!(local.get("gone").is_none());
+    }
+}

@@ -1,0 +1,217 @@
+//! The namespace bus: fill notices that wake waiters, and change notices that
+//! make other processes drop their L1 copy.
+//!
+//! Each cache subscribes once, at build time, to `hc:bus:<ns>` over RESP3 push
+//! on its `ConnectionManager`, which resubscribes by itself after a
+//! reconnect. A waiter therefore never issues SUBSCRIBE: it registers a local
+//! [`Watch`] *before* re-reading Redis, so a notice that lands between its
+//! read and its wait still wakes it (no lost wake-up). Pub/sub drops what is
+//! published while a connection is down, so on the library's `Disconnection`
+//! push every waiter is woken to re-check and all of L1 is flushed.
+//!
+//! A notice is `[kind][origin: 8 bytes LE][key]`; `origin` identifies the
+//! cache instance that sent it, so a process ignores its own change notices.
+
+use redis::{PushInfo, PushKind, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, mpsc};
+
+/// What a notice announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoticeKind {
+    /// A loader's value was written: waiters re-read; others drop their L1.
+    Filled,
+    /// `set` or `invalidate`: others drop their L1 copy.
+    Changed,
+    /// A lock was released with no value (failed load): waiters retry.
+    Released,
+}
+
+impl NoticeKind {
+    fn byte(self) -> u8 {
+        match self {
+            NoticeKind::Filled => b'f',
+            NoticeKind::Changed => b'c',
+            NoticeKind::Released => b'r',
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            b'f' => Some(NoticeKind::Filled),
+            b'c' => Some(NoticeKind::Changed),
+            b'r' => Some(NoticeKind::Released),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Notice<'a> {
+    pub(crate) kind: NoticeKind,
+    pub(crate) origin: u64,
+    pub(crate) key: &'a str,
+}
+
+impl<'a> Notice<'a> {
+    pub(crate) fn encode(kind: NoticeKind, origin: u64, key: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + key.len());
+        out.push(kind.byte());
+        out.extend_from_slice(&origin.to_le_bytes());
+        out.extend_from_slice(key.as_bytes());
+        out
+    }
+
+    pub(crate) fn decode(bytes: &'a [u8]) -> Option<Self> {
+        let (&kind, rest) = bytes.split_first()?;
+        if rest.len() < 8 {
+            return None;
+        }
+        let (origin, key) = rest.split_at(8);
+        Some(Notice {
+            kind: NoticeKind::from_byte(kind)?,
+            origin: u64::from_le_bytes(origin.try_into().ok()?),
+            key: std::str::from_utf8(key).ok()?,
+        })
+    }
+}
+
+/// Drops one key (`Some`) or everything (`None`) from L1; the flag says
+/// whether a local load in flight for the key must be voided too (a `set` or
+/// `invalidate` elsewhere, not a fill). A boxed callback so the bus need not
+/// know the value type.
+pub(crate) type DropLocal = Box<dyn Fn(Option<&str>, bool) + Send + Sync>;
+
+/// Local registry of keys some flight of this process is waiting on.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    map: Mutex<HashMap<Box<str>, Arc<Notify>>>,
+}
+
+/// A registration to be woken when a notice for `key` arrives. Dropping it
+/// unregisters.
+pub(crate) struct Watch {
+    waiters: Arc<Waiters>,
+    key: Box<str>,
+    notify: Arc<Notify>,
+}
+
+impl Waiters {
+    pub(crate) fn watch(self: &Arc<Self>, key: &str) -> Watch {
+        let mut map = self.map.lock().expect("waiters lock");
+        let notify = map.entry(key.into()).or_default().clone();
+        Watch {
+            waiters: self.clone(),
+            key: key.into(),
+            notify,
+        }
+    }
+
+    fn wake(&self, key: &str) {
+        let notify = self.map.lock().expect("waiters lock").get(key).cloned();
+        if let Some(n) = notify {
+            n.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        let all: Vec<_> = self
+            .map
+            .lock()
+            .expect("waiters lock")
+            .values()
+            .cloned()
+            .collect();
+        for n in all {
+            n.notify_waiters();
+        }
+    }
+}
+
+impl Watch {
+    pub(crate) fn notify(&self) -> &Notify {
+        &self.notify
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut map = self.waiters.map.lock().expect("waiters lock");
+        // The map holds one reference and we hold one: nobody else waits.
+        if let Some(n) = map.get(&self.key) {
+            if Arc::ptr_eq(n, &self.notify) && Arc::strong_count(&self.notify) == 2 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Applies pushes from the connection until the connection manager is gone.
+/// L1 is dropped *before* waiters are woken, so a woken waiter's fresh L1
+/// insert is never undone by the notice that woke it.
+pub(crate) fn spawn_listener(
+    mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+    waiters: Arc<Waiters>,
+    drop_local: DropLocal,
+    origin: u64,
+) {
+    tokio::spawn(async move {
+        while let Some(push) = pushes.recv().await {
+            match push.kind {
+                PushKind::Message => {
+                    let Some(Value::BulkString(payload)) = push.data.get(1) else {
+                        continue;
+                    };
+                    let Some(notice) = Notice::decode(payload) else {
+                        continue;
+                    };
+                    if notice.origin != origin && notice.kind != NoticeKind::Released {
+                        drop_local(Some(notice.key), notice.kind == NoticeKind::Changed);
+                    }
+                    if notice.kind != NoticeKind::Changed {
+                        waiters.wake(notice.key);
+                    }
+                }
+                PushKind::Disconnection => {
+                    drop_local(None, false);
+                    waiters.wake_all();
+                }
+                _ => {}
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_round_trip() {
+        let bytes = Notice::encode(NoticeKind::Filled, 0xdead_beef, "k:1}{");
+        let n = Notice::decode(&bytes).unwrap();
+        assert_eq!(
+            n,
+            Notice {
+                kind: NoticeKind::Filled,
+                origin: 0xdead_beef,
+                key: "k:1}{"
+            }
+        );
+        assert!(Notice::decode(b"x12345678k").is_none());
+        assert!(Notice::decode(b"f123").is_none());
+    }
+
+    #[test]
+    fn watch_unregisters_when_last_watcher_leaves() {
+        let w = Arc::new(Waiters::default());
+        let a = w.watch("k");
+        let b = w.watch("k");
+        assert!(Arc::ptr_eq(&a.notify, &b.notify));
+        drop(a);
+        assert_eq!(w.map.lock().unwrap().len(), 1);
+        drop(b);
+        assert!(w.map.lock().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,209 @@
+//! The Redis tier: one method per round trip the read and write paths make.
+//! Everything here is a thin typed wrapper over a script in `scripts.rs` or
+//! a single command; the decisions live in `cache.rs`.
+
+use redis::aio::ConnectionManager;
+use redis::{RedisResult, Value};
+use std::time::Duration;
+
+use crate::keys::{Layout, RedisKeys};
+use crate::notify::{Notice, NoticeKind};
+use crate::scripts;
+
+/// What the read-or-lock probe found.
+#[derive(Debug)]
+pub(crate) enum Probe {
+    /// A value is stored (fresh or not: the header decides).
+    Value(Vec<u8>),
+    /// No value; we now hold the lock.
+    Acquired,
+    /// No value; someone else holds the lock for this much longer.
+    Locked { pttl: Duration },
+}
+
+#[derive(Clone)]
+pub(crate) struct Remote {
+    conn: ConnectionManager,
+    layout: Layout,
+    origin: u64,
+}
+
+fn ms(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+impl Remote {
+    pub(crate) fn new(conn: ConnectionManager, layout: Layout, origin: u64) -> Self {
+        Remote {
+            conn,
+            layout,
+            origin,
+        }
+    }
+
+    pub(crate) fn keys(&self, key: &str) -> RedisKeys {
+        self.layout.keys(key)
+    }
+
+    fn notice(&self, kind: NoticeKind, key: &str) -> Vec<u8> {
+        Notice::encode(kind, self.origin, key)
+    }
+
+    pub(crate) async fn get(&self, keys: &RedisKeys) -> RedisResult<Option<Vec<u8>>> {
+        redis::cmd("GET")
+            .arg(&keys.value)
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+
+    pub(crate) async fn get_or_lock(
+        &self,
+        keys: &RedisKeys,
+        token: &str,
+        lock_ttl: Duration,
+    ) -> RedisResult<Probe> {
+        let reply: Value = scripts::GET_OR_LOCK
+            .key(&keys.value)
+            .key(&keys.lock)
+            .arg(token)
+            .arg(ms(lock_ttl))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        parse_probe(reply)
+    }
+
+    /// Takes the lock when a value exists but is unusable (undecodable).
+    /// `Ok(None)` means acquired; `Ok(Some(pttl))` means someone holds it.
+    pub(crate) async fn try_lock(
+        &self,
+        keys: &RedisKeys,
+        token: &str,
+        lock_ttl: Duration,
+    ) -> RedisResult<Option<Duration>> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&keys.lock)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ms(lock_ttl))
+            .query_async(&mut conn)
+            .await?;
+        if set.is_some() {
+            return Ok(None);
+        }
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&keys.lock)
+            .query_async(&mut conn)
+            .await?;
+        Ok(Some(Duration::from_millis(pttl.max(0) as u64)))
+    }
+
+    pub(crate) async fn extend(
+        &self,
+        keys: &RedisKeys,
+        token: &str,
+        lock_ttl: Duration,
+    ) -> RedisResult<bool> {
+        let n: i64 = scripts::EXTEND
+            .key(&keys.lock)
+            .arg(token)
+            .arg(ms(lock_ttl))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub(crate) async fn fill(
+        &self,
+        key: &str,
+        keys: &RedisKeys,
+        token: &str,
+        envelope: &[u8],
+        px: Duration,
+    ) -> RedisResult<bool> {
+        let n: i64 = scripts::FILL
+            .key(&keys.value)
+            .key(&keys.lock)
+            .arg(token)
+            .arg(envelope)
+            .arg(ms(px))
+            .arg(self.layout.channel())
+            .arg(self.notice(NoticeKind::Filled, key))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub(crate) async fn release(
+        &self,
+        key: &str,
+        keys: &RedisKeys,
+        token: &str,
+    ) -> RedisResult<bool> {
+        let n: i64 = scripts::RELEASE
+            .key(&keys.lock)
+            .arg(token)
+            .arg(self.layout.channel())
+            .arg(self.notice(NoticeKind::Released, key))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub(crate) async fn set(
+        &self,
+        key: &str,
+        keys: &RedisKeys,
+        envelope: &[u8],
+        px: Duration,
+    ) -> RedisResult<()> {
+        let _: i64 = scripts::SET_VOIDING
+            .key(&keys.value)
+            .key(&keys.lock)
+            .arg(envelope)
+            .arg(ms(px))
+            .arg(self.layout.channel())
+            .arg(self.notice(NoticeKind::Changed, key))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn invalidate(&self, key: &str, keys: &RedisKeys) -> RedisResult<()> {
+        let _: i64 = scripts::INVALIDATE
+            .key(&keys.value)
+            .key(&keys.lock)
+            .arg(self.layout.channel())
+            .arg(self.notice(NoticeKind::Changed, key))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+}
+
+fn parse_probe(reply: Value) -> RedisResult<Probe> {
+    let bad = || {
+        redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "unexpected reply from the read-or-lock script",
+        ))
+    };
+    let Value::Array(items) = reply else {
+        return Err(bad());
+    };
+    let mut items = items.into_iter();
+    let tag = match items.next() {
+        Some(Value::BulkString(t)) => t,
+        Some(Value::SimpleString(t)) => t.into_bytes(),
+        _ => return Err(bad()),
+    };
+    match (tag.as_slice(), items.next()) {
+        (b"v", Some(Value::BulkString(bytes))) => Ok(Probe::Value(bytes)),
+        (b"a", None) => Ok(Probe::Acquired),
+        (b"w", Some(Value::Int(pttl))) => Ok(Probe::Locked {
+            pttl: Duration::from_millis(pttl.max(0) as u64),
+        }),
+        _ => Err(bad()),
+    }
+}

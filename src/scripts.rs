@@ -1,0 +1,96 @@
+//! Every Lua script the cache runs, in one place.
+//!
+//! Each one runs atomically on the server and touches only the value key and
+//! the lock key of one cache key, which share a hash tag (see `keys.rs`), so
+//! all of them are valid on Redis Cluster. `Script::invoke_async` sends
+//! EVALSHA and falls back to EVAL once, so a restarted Redis (empty script
+//! cache) costs one extra round trip, not an error.
+
+use redis::Script;
+use std::sync::LazyLock;
+
+/// The read-or-lock probe: one round trip answers "is there a value?" and,
+/// if not, takes the rebuild lock.
+/// KEYS: value, lock. ARGV: token, lock ttl ms.
+/// Returns `{'v', bytes}`, `{'a'}` (lock acquired) or `{'w', lock pttl}`.
+pub(crate) static GET_OR_LOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local v = redis.call('GET', KEYS[1])
+if v then return {'v', v} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'a'} end
+return {'w', redis.call('PTTL', KEYS[2])}
+",
+    )
+});
+
+/// The lease-checked fill: writes the value only if our token still holds the
+/// lock, then releases the lock and publishes the fill notice, all at once,
+/// so waiters are woken by the same step that makes the value visible.
+/// KEYS: value, lock. ARGV: token, envelope, px, channel, notice.
+/// Returns 1 if written, 0 if the lease was lost (expired or voided).
+pub(crate) static FILL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+",
+    )
+});
+
+/// Compare-and-delete release after a failed load, with a notice so waiters
+/// retry at once instead of at their next poll. Never a plain DEL: a lock
+/// that expired and was taken by someone else must not be freed by us.
+/// KEYS: lock. ARGV: token, channel, notice. Returns 1 if released.
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+",
+    )
+});
+
+/// The watchdog's extension: compare-token-then-PEXPIRE.
+/// KEYS: lock. ARGV: token, ttl ms. Returns 1 if still ours.
+pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+",
+    )
+});
+
+/// `set`: writes the value and voids any lease in flight (deletes the lock
+/// whoever holds it), so a loader that read older data cannot overwrite
+/// this write afterwards; then tells other processes to drop their L1 copy.
+/// KEYS: value, lock. ARGV: envelope, px, channel, notice.
+pub(crate) static SET_VOIDING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+",
+    )
+});
+
+/// `invalidate`: deletes the value and voids any lease in flight, then tells
+/// other processes to drop their L1 copy.
+/// KEYS: value, lock. ARGV: channel, notice.
+pub(crate) static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+",
+    )
+});

@@ -1,0 +1,63 @@
+//! Counters of what the cache did, readable at any time as a [`Stats`]
+//! snapshot. Relaxed atomics: they are statistics, not synchronisation.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// A snapshot of the cache's counters since it was built.
+        #[non_exhaustive]
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $(pub(crate) $name: AtomicU64,)*
+        }
+
+        impl Counters {
+            pub(crate) fn snapshot(&self) -> Stats {
+                Stats { $($name: self.$name.load(Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Fresh values served from the in-process tier, with no Redis call.
+    l1_hits,
+    /// Fresh values read from Redis (then kept in L1).
+    l2_hits,
+    /// Reads that found no usable value in either tier.
+    misses,
+    /// Callers that joined a load already running in this process.
+    coalesced,
+    /// Loader runs started by this process.
+    loads,
+    /// Loader runs that failed (error, panic or timeout).
+    load_errors,
+    /// Loads that waited because another process held the rebuild lock.
+    lock_waits,
+    /// Waits for another process's load woken by its fill notice.
+    notified_wakeups,
+    /// Waits that ran past `wait_timeout`.
+    wait_timeouts,
+    /// Fills refused because the lock was lost or voided (by `set`,
+    /// `invalidate` or expiry) while the loader ran.
+    lease_lost,
+    /// Values in Redis that did not decode (old format, other type,
+    /// corruption); treated as misses and overwritten.
+    decode_errors,
+    /// Redis commands that failed or timed out.
+    redis_errors,
+    /// Loads done without Redis because a Redis command failed.
+    redis_fallback_loads,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+}
