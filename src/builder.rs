@@ -251,6 +251,11 @@ where
         let manager_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(timeout))
             .set_connection_timeout(Some(timeout))
+            // Reconnect quickly and keep trying: a Redis that comes back
+            // should be used again within about a second.
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500))
+            .set_number_of_retries(3)
             .set_push_sender(push_tx)
             .set_automatic_resubscription();
         let mut conn = ConnectionManager::new_with_config(client, manager_config)
@@ -260,6 +265,7 @@ where
             .await
             .map_err(|e| Error::redis("subscribe", e))?;
 
+        let conn = Arc::new(conn);
         let origin = fastrand::u64(..);
         let local = Local::new(
             self.config.max_capacity,
@@ -281,9 +287,11 @@ where
                 None => l1.clear(),
             }),
             origin,
+            Arc::downgrade(&conn),
+            timeout,
         );
         Ok(Cache::from_inner(Inner {
-            remote: Remote::new(conn, layout, origin),
+            remote: Remote::new(conn, layout, origin, timeout),
             local,
             flights,
             waiters,

@@ -115,11 +115,8 @@ where
     {
         check_key(key)?;
         let inner = &self.inner;
-        if let Some(entry) = inner.local.get(key) {
-            if Instant::now() < entry.fresh_until {
-                Counters::bump(&inner.stats.l1_hits);
-                return Ok(entry.value);
-            }
+        if let Some(value) = inner.fresh_local(key) {
+            return Ok(value);
         }
         let (flight, leader) = inner.flights.join(key);
         if !leader {
@@ -154,11 +151,8 @@ where
     pub async fn get(&self, key: &str) -> Result<Option<Arc<V>>, Error> {
         check_key(key)?;
         let inner = &self.inner;
-        if let Some(entry) = inner.local.get(key) {
-            if Instant::now() < entry.fresh_until {
-                Counters::bump(&inner.stats.l1_hits);
-                return Ok(Some(entry.value));
-            }
+        if let Some(value) = inner.fresh_local(key) {
+            return Ok(Some(value));
         }
         let keys = inner.remote.keys(key);
         let bytes = inner
@@ -259,6 +253,18 @@ where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
     C: Codec,
 {
+    /// The L1 hit path: a map lookup, a clock read and an `Arc` clone.
+    #[inline]
+    fn fresh_local(&self, key: &str) -> Option<Arc<V>> {
+        let entry = self.local.get(key)?;
+        if Instant::now() < entry.fresh_until {
+            Counters::bump(&self.stats.l1_hits);
+            Some(entry.value)
+        } else {
+            None
+        }
+    }
+
     fn redis_error(&self, op: &str, e: redis::RedisError) -> Error {
         Counters::bump(&self.stats.redis_errors);
         Error::redis(op, e)

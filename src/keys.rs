@@ -86,12 +86,11 @@ pub(crate) fn check_key(key: &str) -> Result<(), Error> {
 /// The hash tag Redis Cluster would use for `key` (test helper and doc aid).
 #[cfg(test)]
 fn hash_tag(key: &str) -> &str {
-    if let Some(open) = key.find('{') {
-        if let Some(len) = key[open + 1..].find('}') {
-            if len > 0 {
-                return &key[open + 1..open + 1 + len];
-            }
-        }
+    if let Some(open) = key.find('{')
+        && let Some(len) = key[open + 1..].find('}')
+        && len > 0
+    {
+        return &key[open + 1..open + 1 + len];
     }
     key
 }

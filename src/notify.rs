@@ -7,15 +7,23 @@
 //! [`Watch`] *before* re-reading Redis, so a notice that lands between its
 //! read and its wait still wakes it (no lost wake-up). Pub/sub drops what is
 //! published while a connection is down, so on the library's `Disconnection`
-//! push every waiter is woken to re-check and all of L1 is flushed.
+//! push every waiter is woken to re-check, and once a `PING` answers again
+//! (the manager has reconnected and resubscribed) all of L1 is flushed: what
+//! was invalidated meanwhile is gone, and what was not is re-read once. L1 is
+//! *not* flushed at the disconnect itself: while Redis is unreachable, L1 is
+//! what keeps serving (fail-safe), and nobody can change Redis through us.
 //!
 //! A notice is `[kind][origin: 8 bytes LE][key]`; `origin` identifies the
 //! cache instance that sent it, so a process ignores its own change notices.
 
+use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
+
+use crate::remote::ping;
 
 /// What a notice announces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,10 +147,11 @@ impl Drop for Watch {
     fn drop(&mut self) {
         let mut map = self.waiters.map.lock().expect("waiters lock");
         // The map holds one reference and we hold one: nobody else waits.
-        if let Some(n) = map.get(&self.key) {
-            if Arc::ptr_eq(n, &self.notify) && Arc::strong_count(&self.notify) == 2 {
-                map.remove(&self.key);
-            }
+        if let Some(n) = map.get(&self.key)
+            && Arc::ptr_eq(n, &self.notify)
+            && Arc::strong_count(&self.notify) == 2
+        {
+            map.remove(&self.key);
         }
     }
 }
@@ -155,6 +164,8 @@ pub(crate) fn spawn_listener(
     waiters: Arc<Waiters>,
     drop_local: DropLocal,
     origin: u64,
+    conn: Weak<ConnectionManager>,
+    timeout: Duration,
 ) {
     tokio::spawn(async move {
         while let Some(push) = pushes.recv().await {
@@ -174,6 +185,17 @@ pub(crate) fn spawn_listener(
                     }
                 }
                 PushKind::Disconnection => {
+                    waiters.wake_all();
+                    // Wait for the connection to come back (our PINGs also
+                    // drive the manager's reconnect), then flush L1.
+                    loop {
+                        let Some(conn) = conn.upgrade() else { return };
+                        if ping(&conn, timeout).await {
+                            break;
+                        }
+                        drop(conn);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                     drop_local(None, false);
                     waiters.wake_all();
                 }

@@ -4,6 +4,8 @@
 
 use redis::aio::ConnectionManager;
 use redis::{RedisResult, Value};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::keys::{Layout, RedisKeys};
@@ -23,21 +25,54 @@ pub(crate) enum Probe {
 
 #[derive(Clone)]
 pub(crate) struct Remote {
-    conn: ConnectionManager,
+    /// In an `Arc` so the bus can hold a `Weak` to probe a lost connection
+    /// without keeping it alive after the last `Cache` handle is dropped.
+    conn: Arc<ConnectionManager>,
     layout: Layout,
     origin: u64,
+    timeout: Duration,
+}
+
+/// Bounds a Redis call by `limit`. The connection's own response timeout
+/// does not cover the wait for a reconnect while Redis is down (the manager
+/// retries with backoff for seconds), so every call is wrapped here too.
+pub(crate) async fn bounded<T>(
+    limit: Duration,
+    call: impl Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from Redis within {limit:?}"),
+        ))),
+    }
 }
 
 fn ms(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
+/// `PING`, bounded: has the connection come back?
+pub(crate) async fn ping(conn: &ConnectionManager, limit: Duration) -> bool {
+    let mut conn = conn.clone();
+    bounded(limit, redis::cmd("PING").query_async::<String>(&mut conn))
+        .await
+        .is_ok()
+}
+
 impl Remote {
-    pub(crate) fn new(conn: ConnectionManager, layout: Layout, origin: u64) -> Self {
+    pub(crate) fn new(
+        conn: Arc<ConnectionManager>,
+        layout: Layout,
+        origin: u64,
+        timeout: Duration,
+    ) -> Self {
         Remote {
             conn,
             layout,
             origin,
+            timeout,
         }
     }
 
@@ -50,10 +85,13 @@ impl Remote {
     }
 
     pub(crate) async fn get(&self, keys: &RedisKeys) -> RedisResult<Option<Vec<u8>>> {
-        redis::cmd("GET")
-            .arg(&keys.value)
-            .query_async(&mut self.conn.clone())
-            .await
+        bounded(self.timeout, async {
+            redis::cmd("GET")
+                .arg(&keys.value)
+                .query_async(&mut ConnectionManager::clone(&self.conn))
+                .await
+        })
+        .await
     }
 
     pub(crate) async fn get_or_lock(
@@ -62,14 +100,17 @@ impl Remote {
         token: &str,
         lock_ttl: Duration,
     ) -> RedisResult<Probe> {
-        let reply: Value = scripts::GET_OR_LOCK
-            .key(&keys.value)
-            .key(&keys.lock)
-            .arg(token)
-            .arg(ms(lock_ttl))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        parse_probe(reply)
+        bounded(self.timeout, async {
+            let reply: Value = scripts::GET_OR_LOCK
+                .key(&keys.value)
+                .key(&keys.lock)
+                .arg(token)
+                .arg(ms(lock_ttl))
+                .invoke_async(&mut ConnectionManager::clone(&self.conn))
+                .await?;
+            parse_probe(reply)
+        })
+        .await
     }
 
     /// Takes the lock when a value exists but is unusable (undecodable).
@@ -80,23 +121,26 @@ impl Remote {
         token: &str,
         lock_ttl: Duration,
     ) -> RedisResult<Option<Duration>> {
-        let mut conn = self.conn.clone();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(&keys.lock)
-            .arg(token)
-            .arg("NX")
-            .arg("PX")
-            .arg(ms(lock_ttl))
-            .query_async(&mut conn)
-            .await?;
-        if set.is_some() {
-            return Ok(None);
-        }
-        let pttl: i64 = redis::cmd("PTTL")
-            .arg(&keys.lock)
-            .query_async(&mut conn)
-            .await?;
-        Ok(Some(Duration::from_millis(pttl.max(0) as u64)))
+        bounded(self.timeout, async {
+            let mut conn = ConnectionManager::clone(&self.conn);
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&keys.lock)
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms(lock_ttl))
+                .query_async(&mut conn)
+                .await?;
+            if set.is_some() {
+                return Ok(None);
+            }
+            let pttl: i64 = redis::cmd("PTTL")
+                .arg(&keys.lock)
+                .query_async(&mut conn)
+                .await?;
+            Ok(Some(Duration::from_millis(pttl.max(0) as u64)))
+        })
+        .await
     }
 
     pub(crate) async fn extend(
@@ -105,13 +149,16 @@ impl Remote {
         token: &str,
         lock_ttl: Duration,
     ) -> RedisResult<bool> {
-        let n: i64 = scripts::EXTEND
-            .key(&keys.lock)
-            .arg(token)
-            .arg(ms(lock_ttl))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(n == 1)
+        bounded(self.timeout, async {
+            let n: i64 = scripts::EXTEND
+                .key(&keys.lock)
+                .arg(token)
+                .arg(ms(lock_ttl))
+                .invoke_async(&mut ConnectionManager::clone(&self.conn))
+                .await?;
+            Ok(n == 1)
+        })
+        .await
     }
 
     pub(crate) async fn fill(
@@ -122,17 +169,20 @@ impl Remote {
         envelope: &[u8],
         px: Duration,
     ) -> RedisResult<bool> {
-        let n: i64 = scripts::FILL
-            .key(&keys.value)
-            .key(&keys.lock)
-            .arg(token)
-            .arg(envelope)
-            .arg(ms(px))
-            .arg(self.layout.channel())
-            .arg(self.notice(NoticeKind::Filled, key))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(n == 1)
+        bounded(self.timeout, async {
+            let n: i64 = scripts::FILL
+                .key(&keys.value)
+                .key(&keys.lock)
+                .arg(token)
+                .arg(envelope)
+                .arg(ms(px))
+                .arg(self.layout.channel())
+                .arg(self.notice(NoticeKind::Filled, key))
+                .invoke_async(&mut ConnectionManager::clone(&self.conn))
+                .await?;
+            Ok(n == 1)
+        })
+        .await
     }
 
     pub(crate) async fn release(
@@ -141,14 +191,17 @@ impl Remote {
         keys: &RedisKeys,
         token: &str,
     ) -> RedisResult<bool> {
-        let n: i64 = scripts::RELEASE
-            .key(&keys.lock)
-            .arg(token)
-            .arg(self.layout.channel())
-            .arg(self.notice(NoticeKind::Released, key))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(n == 1)
+        bounded(self.timeout, async {
+            let n: i64 = scripts::RELEASE
+                .key(&keys.lock)
+                .arg(token)
+                .arg(self.layout.channel())
+                .arg(self.notice(NoticeKind::Released, key))
+                .invoke_async(&mut ConnectionManager::clone(&self.conn))
+                .await?;
+            Ok(n == 1)
+        })
+        .await
     }
 
     pub(crate) async fn set(
@@ -158,27 +211,33 @@ impl Remote {
         envelope: &[u8],
         px: Duration,
     ) -> RedisResult<()> {
-        let _: i64 = scripts::SET_VOIDING
-            .key(&keys.value)
-            .key(&keys.lock)
-            .arg(envelope)
-            .arg(ms(px))
-            .arg(self.layout.channel())
-            .arg(self.notice(NoticeKind::Changed, key))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(())
+        bounded(self.timeout, async {
+            let _: i64 = scripts::SET_VOIDING
+                .key(&keys.value)
+                .key(&keys.lock)
+                .arg(envelope)
+                .arg(ms(px))
+                .arg(self.layout.channel())
+                .arg(self.notice(NoticeKind::Changed, key))
+                .invoke_async(&mut ConnectionManager::clone(&self.conn))
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     pub(crate) async fn invalidate(&self, key: &str, keys: &RedisKeys) -> RedisResult<()> {
-        let _: i64 = scripts::INVALIDATE
-            .key(&keys.value)
-            .key(&keys.lock)
-            .arg(self.layout.channel())
-            .arg(self.notice(NoticeKind::Changed, key))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(())
+        bounded(self.timeout, async {
+            let _: i64 = scripts::INVALIDATE
+                .key(&keys.value)
+                .key(&keys.lock)
+                .arg(self.layout.channel())
+                .arg(self.notice(NoticeKind::Changed, key))
+                .invoke_async(&mut ConnectionManager::clone(&self.conn))
+                .await?;
+            Ok(())
+        })
+        .await
     }
 }
 

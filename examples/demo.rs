@@ -1,0 +1,269 @@
+//! The stampede demo: a cold hot key hit by 4 processes x 50 tasks at the
+//! same instant, with a 50 ms loader, once with plain cache-aside and once
+//! with herdcache. Prints loader calls and latency for both.
+//!
+//! ```text
+//! cargo run --release --example demo                 # starts its own redis-server
+//! REDIS_URL=redis://127.0.0.1:6379/ cargo run --release --example demo
+//! ```
+//!
+//! The same binary is the worker process (`demo worker …`) that the demo and
+//! the multi-process tests spawn. Workers count loads, values seen and
+//! latencies in Redis, so the counts cross process boundaries honestly.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Item {
+    nonce: u64,
+    loaded_by: u32,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Worker options, as `--name value` pairs.
+struct Opts(HashMap<String, String>);
+
+impl Opts {
+    fn parse(args: &[String]) -> Opts {
+        let mut map = HashMap::new();
+        for pair in args.chunks(2) {
+            let name = pair[0]
+                .strip_prefix("--")
+                .unwrap_or_else(|| panic!("expected --option, got {}", pair[0]));
+            let value = pair
+                .get(1)
+                .unwrap_or_else(|| panic!("--{name} needs a value"));
+            map.insert(name.to_owned(), value.clone());
+        }
+        Opts(map)
+    }
+    fn str(&self, name: &str, default: &str) -> String {
+        self.0
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| default.to_owned())
+    }
+    fn num(&self, name: &str, default: u64) -> u64 {
+        self.0.get(name).map_or(default, |v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("--{name}: not a number"))
+        })
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    match args.first().map(String::as_str) {
+        Some("worker") => rt.block_on(worker(Opts::parse(&args[1..]))),
+        None => rt.block_on(demo()),
+        Some(other) => {
+            eprintln!("unknown command {other:?}; usage: demo [worker --option value …]");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// One worker process: `tasks` concurrent callers of one key, released at the
+/// instant the orchestrator writes under `<run>:go`.
+async fn worker(o: Opts) {
+    let url = o.str("redis", "redis://127.0.0.1:6379/");
+    let run = o.str("run", "run");
+    let strategy = o.str("strategy", "herdcache");
+    let tasks = o.num("tasks", 50);
+    let loader_ms = o.num("loader-ms", 50);
+    let key = o.str("key", "item:42");
+    let ttl = Duration::from_millis(o.num("ttl-ms", 60_000));
+
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let cache = if strategy == "herdcache" {
+        Some(
+            herdcache::Cache::<Item>::builder(format!("demo-{run}"))
+                .redis_url(&url)
+                .ttl(ttl)
+                .lock_ttl(Duration::from_millis(o.num("lock-ttl-ms", 3_000)))
+                .wait_timeout(Duration::from_millis(o.num("wait-timeout-ms", 10_000)))
+                .load_timeout(Duration::from_millis(o.num("load-timeout-ms", 120_000)))
+                .build()
+                .await
+                .unwrap(),
+        )
+    } else {
+        None
+    };
+
+    let _: u64 = con.incr(format!("{run}:ready"), 1).await.unwrap();
+    let go_at: u64 = loop {
+        let go: Option<u64> = con.get(format!("{run}:go")).await.unwrap();
+        if let Some(go) = go {
+            break go;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let start = tokio::time::Instant::now() + Duration::from_millis(go_at.saturating_sub(now_ms()));
+
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (cache, con, key, run) = (cache.clone(), con.clone(), key.clone(), run.clone());
+        handles.push(tokio::spawn(async move {
+            tokio::time::sleep_until(start).await;
+            let t0 = std::time::Instant::now();
+            let loader = {
+                let mut con = con.clone();
+                let run = run.clone();
+                move || async move {
+                    let _: () = con.rpush(format!("{run}:load_started"), now_ms()).await?;
+                    let _: u64 = con.incr(format!("{run}:loads"), 1).await?;
+                    tokio::time::sleep(Duration::from_millis(loader_ms)).await;
+                    Ok::<_, redis::RedisError>(Item {
+                        nonce: fastrand::u64(..),
+                        loaded_by: std::process::id(),
+                    })
+                }
+            };
+            let got: Result<u64, String> = match &cache {
+                Some(cache) => cache
+                    .get_or_compute(&key, loader)
+                    .await
+                    .map(|i| i.nonce)
+                    .map_err(|e| e.to_string()),
+                None => cache_aside(con, &key, ttl, loader)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            (t0.elapsed().as_micros() as u64, got)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut seen = Vec::new();
+    let mut errors = Vec::new();
+    for h in handles {
+        let (us, got) = h.await.unwrap();
+        lat.push(us);
+        match got {
+            Ok(nonce) => seen.push(nonce),
+            Err(e) => errors.push(e),
+        }
+    }
+    let mut pipe = redis::pipe();
+    if !lat.is_empty() {
+        pipe.rpush(format!("{run}:lat"), &lat).ignore();
+    }
+    if !seen.is_empty() {
+        pipe.rpush(format!("{run}:seen"), &seen).ignore();
+    }
+    if !errors.is_empty() {
+        pipe.rpush(format!("{run}:errors"), &errors).ignore();
+    }
+    let _: () = pipe.query_async(&mut con).await.unwrap();
+    if let Some(cache) = cache {
+        println!("{:?}", cache.stats());
+    }
+}
+
+/// Plain cache-aside, as most services write it: GET, and on a miss load and
+/// SET. No lock: every caller that misses runs the loader.
+async fn cache_aside<F, Fut>(
+    mut con: redis::aio::MultiplexedConnection,
+    key: &str,
+    ttl: Duration,
+    loader: F,
+) -> redis::RedisResult<u64>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<Item>>,
+{
+    let key = format!("aside:{key}");
+    if let Some(nonce) = con.get::<_, Option<u64>>(&key).await? {
+        return Ok(nonce);
+    }
+    let item = loader().await?;
+    let _: () = con
+        .pset_ex(&key, item.nonce, ttl.as_millis() as u64)
+        .await?;
+    Ok(item.nonce)
+}
+
+fn worker_args(url: &str, run: &str, strategy: &str, tasks: u64, loader_ms: u64) -> Vec<String> {
+    [
+        "worker",
+        "--redis",
+        url,
+        "--run",
+        run,
+        "--strategy",
+        strategy,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "--tasks".into(),
+        tasks.to_string(),
+        "--loader-ms".into(),
+        loader_ms.to_string(),
+    ])
+    .collect()
+}
+
+async fn demo() {
+    let (_server, url) = match std::env::var("REDIS_URL") {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let server = support::RedisServer::start();
+            let url = server.url();
+            println!("started a throwaway redis-server on {url}");
+            (Some(server), url)
+        }
+    };
+    let (procs, tasks, loader_ms) = (4, 50, 50);
+    println!("cold-key stampede: {procs} processes x {tasks} tasks, {loader_ms} ms loader\n");
+    println!(
+        "{:<12} {:>12} {:>10} {:>9} {:>9} {:>9} {:>7}",
+        "strategy", "loader calls", "callers ok", "p50 ms", "p99 ms", "max ms", "errors"
+    );
+    let run_id = format!("{:x}", fastrand::u32(..));
+    for strategy in ["none", "herdcache"] {
+        let url = url.clone();
+        let run = format!("{run_id}-{strategy}");
+        let exe = std::env::current_exe().unwrap();
+        let args = worker_args(&url, &run, strategy, tasks, loader_ms);
+        let r = tokio::task::spawn_blocking(move || {
+            support::run_stampede(&exe, &url, &run, procs, &args)
+        })
+        .await
+        .unwrap();
+        let ms = |us: u64| us as f64 / 1000.0;
+        println!(
+            "{:<12} {:>12} {:>10} {:>9.1} {:>9.1} {:>9.1} {:>7}",
+            strategy,
+            r.loads,
+            r.seen.len(),
+            ms(support::percentile(&r.lat_us, 0.50)),
+            ms(support::percentile(&r.lat_us, 0.99)),
+            ms(*r.lat_us.last().unwrap_or(&0)),
+            r.errors.len()
+        );
+        if strategy == "herdcache" {
+            println!("\nherdcache stats per process:");
+            for s in &r.stats {
+                println!("  {s}");
+            }
+        }
+    }
+}

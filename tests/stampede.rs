@@ -1,0 +1,181 @@
+//! Multi-process tests: real worker processes (the demo binary in worker
+//! mode) against a real redis-server, counting through Redis.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{RedisServer, demo_bin, run_stampede};
+
+fn args(url: &str, run: &str, extra: &[&str]) -> Vec<String> {
+    ["worker", "--redis", url, "--run", run]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn get_u64(con: &mut redis::Connection, key: &str) -> Option<u64> {
+    redis::cmd("GET").arg(key).query(con).unwrap()
+}
+
+#[test]
+fn cold_key_stampede_across_four_processes_loads_once() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let worker = args(
+        &url,
+        "st",
+        &[
+            "--strategy",
+            "herdcache",
+            "--tasks",
+            "50",
+            "--loader-ms",
+            "50",
+        ],
+    );
+    let r = run_stampede(&demo_bin(), &url, "st", 4, &worker);
+    assert!(r.errors.is_empty(), "errors: {:?}", r.errors);
+    assert_eq!(
+        r.loads, 1,
+        "loader calls across the fleet; stats: {:#?}",
+        r.stats
+    );
+    assert_eq!(r.seen.len(), 200, "every caller got a value");
+    assert!(
+        r.seen.iter().all(|n| *n == r.seen[0]),
+        "every caller got the one loaded value"
+    );
+    assert_eq!(r.lat_us.len(), 200);
+}
+
+#[test]
+fn plain_cache_aside_baseline_stampedes() {
+    // The control for the test above: same workers, no herdcache. If this
+    // ever loads once, the stampede test above proves nothing.
+    let server = RedisServer::start();
+    let url = server.url();
+    let worker = args(
+        &url,
+        "ca",
+        &["--strategy", "none", "--tasks", "50", "--loader-ms", "50"],
+    );
+    let r = run_stampede(&demo_bin(), &url, "ca", 4, &worker);
+    assert!(r.errors.is_empty(), "errors: {:?}", r.errors);
+    assert!(
+        r.loads > 100,
+        "cache-aside should stampede, got {} loads",
+        r.loads
+    );
+}
+
+#[test]
+fn crashed_lock_holder_is_replaced_within_lock_ttl() {
+    const LOCK_TTL_MS: u64 = 1_000;
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut con = server.connection();
+    let _: () = redis::cmd("SET")
+        .arg("crash:go")
+        .arg(0)
+        .query(&mut con)
+        .unwrap();
+    let lock_ttl = LOCK_TTL_MS.to_string();
+
+    // A takes the lock and starts a 30 s load.
+    let mut holder = Command::new(demo_bin())
+        .args(args(
+            &url,
+            "crash",
+            &[
+                "--tasks",
+                "1",
+                "--loader-ms",
+                "30000",
+                "--lock-ttl-ms",
+                &lock_ttl,
+            ],
+        ))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get_u64(&mut con, "crash:loads") != Some(1) {
+        assert!(Instant::now() < deadline, "holder never started loading");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // B's 20 callers queue up behind A's lock.
+    let waiter = Command::new(demo_bin())
+        .args(args(
+            &url,
+            "crash",
+            &[
+                "--tasks",
+                "20",
+                "--loader-ms",
+                "50",
+                "--lock-ttl-ms",
+                &lock_ttl,
+            ],
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while get_u64(&mut con, "crash:ready") != Some(2) {
+        assert!(Instant::now() < deadline, "waiter never got ready");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Let A's watchdog run past one lock_ttl, proving it extends the lock.
+    std::thread::sleep(Duration::from_millis(LOCK_TTL_MS + 300));
+    assert_eq!(
+        get_u64(&mut con, "crash:loads"),
+        Some(1),
+        "B must wait while A is alive"
+    );
+
+    let killed_at = support::now_ms();
+    holder.kill().unwrap(); // SIGKILL: no chance to release the lock
+    holder.wait().unwrap();
+    let out = waiter.wait_with_output().unwrap();
+    assert!(out.status.success());
+
+    let started: Vec<u64> = redis::cmd("LRANGE")
+        .arg("crash:load_started")
+        .arg(0)
+        .arg(-1)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(started.len(), 2, "exactly one extra load after the crash");
+    let gap = started[1].saturating_sub(killed_at);
+    println!("next load started {gap} ms after SIGKILL (lock_ttl {LOCK_TTL_MS} ms)");
+    assert!(
+        gap <= LOCK_TTL_MS + 250,
+        "next load started {gap} ms after the kill; lock_ttl is {LOCK_TTL_MS} ms"
+    );
+    let seen: Vec<u64> = redis::cmd("LRANGE")
+        .arg("crash:seen")
+        .arg(0)
+        .arg(-1)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(seen.len(), 20, "all of B's callers were served");
+    assert!(seen.iter().all(|n| *n == seen[0]));
+    let errors: Vec<String> = redis::cmd("LRANGE")
+        .arg("crash:errors")
+        .arg(0)
+        .arg(-1)
+        .query(&mut con)
+        .unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    // Nothing stuck: the lock is gone and the value is there.
+    let lock: bool = redis::cmd("EXISTS")
+        .arg("hc:{demo-crash:item:42}:l")
+        .query(&mut con)
+        .unwrap();
+    let value: bool = redis::cmd("EXISTS")
+        .arg("hc:{demo-crash:item:42}:v")
+        .query(&mut con)
+        .unwrap();
+    assert!(!lock && value, "lock left: {lock}, value present: {value}");
+}

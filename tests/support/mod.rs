@@ -1,0 +1,273 @@
+//! Real `redis-server` processes for tests, benches and the demo: each on a
+//! free loopback port, with no persistence, killed on drop. Owning the
+//! process is what lets a test kill Redis and restart it on the same port.
+//!
+//! A missing `redis-server` is a loud panic, never a skip.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` child process on 127.0.0.1.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral loopback port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+impl RedisServer {
+    /// Starts a server on a free port, retrying if another process grabbed
+    /// the port between our probe and Redis' bind.
+    pub fn start() -> Self {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let mut server = RedisServer {
+                child: None,
+                port: free_port(),
+                log: PathBuf::new(),
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(log) => last = log,
+            }
+        }
+        panic!("redis-server did not start after 5 tries; last log:\n{last}");
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        self.log = std::env::temp_dir().join(format!(
+            "herdcache-redis-{}-{}.log",
+            self.port,
+            std::process::id()
+        ));
+        let log = std::fs::File::create(&self.log).expect("create redis log file");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run `redis-server` ({e}). Install it (Debian: apt-get install redis-server); \
+                     the tests need a real Redis and do not skip without one"
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(format!("exited with {status}:\n{}", self.log_text()));
+            }
+            if self.ping() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.kill();
+        Err(format!(
+            "not answering PING after 10 s:\n{}",
+            self.log_text()
+        ))
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let Ok(mut con) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
+            return false;
+        };
+        redis::cmd("PING").query::<String>(&mut con).is_ok()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A plain synchronous connection, for test bookkeeping.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .expect("client")
+            .get_connection()
+            .unwrap_or_else(|e| panic!("connect to test redis: {e}\n{}", self.log_text()))
+    }
+
+    /// SIGKILLs the server (the process we started, by its PID).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (after [`kill`](Self::kill)).
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(log) if Instant::now() > deadline => {
+                    panic!("redis-server did not restart on port {}:\n{log}", self.port)
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// The demo example's binary, which is also the multi-process worker the
+/// tests spawn. `cargo test` builds examples before running tests.
+pub fn demo_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/examples/demo
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir
+        .join("examples")
+        .join(format!("demo{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test` (which builds examples), \
+         or `cargo build --examples` first",
+        bin.display()
+    );
+    bin
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// What one stampede run did, read back from Redis.
+pub struct RunReport {
+    pub loads: u64,
+    pub seen: Vec<u64>,
+    pub errors: Vec<String>,
+    pub lat_us: Vec<u64>,
+    pub stats: Vec<String>,
+}
+
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// Spawns `procs` worker processes (`exe worker_args…`), waits until all are
+/// ready, releases them at one instant via `<run>:go`, waits for them to exit,
+/// and reads back what they recorded in Redis.
+pub fn run_stampede(
+    exe: &Path,
+    url: &str,
+    run: &str,
+    procs: usize,
+    worker_args: &[String],
+) -> RunReport {
+    let children: Vec<_> = (0..procs)
+        .map(|_| {
+            Command::new(exe)
+                .args(worker_args)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn worker")
+        })
+        .collect();
+    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready: Option<usize> = redis::cmd("GET")
+            .arg(format!("{run}:ready"))
+            .query(&mut con)
+            .unwrap();
+        if ready == Some(procs) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers not ready after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _: () = redis::cmd("SET")
+        .arg(format!("{run}:go"))
+        .arg(now_ms() + 100)
+        .query(&mut con)
+        .unwrap();
+    let mut stats = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "worker failed: {:?}", out.status);
+        stats.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
+    let list = |con: &mut redis::Connection, name: &str| -> Vec<String> {
+        redis::cmd("LRANGE")
+            .arg(format!("{run}:{name}"))
+            .arg(0)
+            .arg(-1)
+            .query(con)
+            .unwrap()
+    };
+    let loads: Option<u64> = redis::cmd("GET")
+        .arg(format!("{run}:loads"))
+        .query(&mut con)
+        .unwrap();
+    let mut lat_us: Vec<u64> = list(&mut con, "lat")
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    lat_us.sort_unstable();
+    RunReport {
+        loads: loads.unwrap_or(0),
+        seen: list(&mut con, "seen")
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect(),
+        errors: list(&mut con, "errors"),
+        lat_us,
+        stats,
+    }
+}
