@@ -157,7 +157,8 @@ impl<V, C: Codec> CacheBuilder<V, C> {
     /// Caps how long a value stays in this process's memory, whatever its
     /// TTL. Default: the TTL itself. L1 copies are the ones that must be
     /// reached by pub/sub to be invalidated, so a short cap bounds the damage
-    /// of a lost notice at the price of more Redis reads.
+    /// of a lost notice at the price of more Redis reads. `Duration::ZERO`
+    /// turns L1 off (every read goes to Redis; loads are still coalesced).
     pub fn local_ttl(mut self, ttl: Duration) -> Self {
         self.config.local_ttl = Some(ttl);
         self

@@ -123,21 +123,55 @@ where
             Counters::bump(&inner.stats.coalesced);
             return flight.wait().await;
         }
-        let task_inner = inner.clone();
-        let task_flight = flight.clone();
-        let key: Arc<str> = key.into();
-        tokio::spawn(async move {
-            // Completes the flight even if this task unwinds, so that no
-            // waiter is left hanging on a bug of ours.
-            let guard = FlightGuard {
-                flights: &task_inner.flights,
-                key: &key,
-                flight: &task_flight,
-            };
-            let outcome = task_inner.load(&key, loader, &task_flight).await;
-            drop(guard);
-            task_flight.complete(outcome);
-        });
+        // The leader first tries a plain GET inline: L2 hits are the common
+        // case, and a GET is cheaper than the read-or-lock script and needs
+        // no task. If this future is dropped before the flight is settled,
+        // `Leader`'s drop hands the loader to a background load, so waiters
+        // that joined are still served.
+        let mut lead = Leader {
+            start: Some(Box::new({
+                let (inner, key, flight) = (inner.clone(), Arc::<str>::from(key), flight.clone());
+                move |redis_failed| {
+                    tokio::spawn(async move {
+                        // Completes the flight even if this task unwinds, so
+                        // no waiter is left hanging on a bug of ours.
+                        let guard = FlightGuard {
+                            flights: &inner.flights,
+                            key: &key,
+                            flight: &flight,
+                        };
+                        let outcome = if redis_failed {
+                            inner.load_without_redis(&key, loader, &flight).await
+                        } else {
+                            inner.load(&key, loader, &flight).await
+                        };
+                        drop(guard);
+                        flight.complete(outcome);
+                    });
+                }
+            })),
+            redis_failed: false,
+        };
+        let keys = inner.remote.keys(key);
+        match inner.remote.get(&keys).await {
+            Ok(Some(bytes)) => {
+                if let Ok((header, value)) = inner.decode(&bytes) {
+                    Counters::bump(&inner.stats.l2_hits);
+                    let value = Arc::new(value);
+                    flight.insert_unless_voided(&inner.local, key, value.clone(), &header);
+                    lead.start = None;
+                    inner.flights.finish(key, &flight);
+                    flight.complete(Ok(value.clone()));
+                    return Ok(value);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = inner.redis_error("GET", e);
+                lead.redis_failed = true;
+            }
+        }
+        drop(lead); // starts the load task
         flight.wait().await
     }
 
@@ -230,6 +264,21 @@ where
     }
 }
 
+/// The leader's claim on a flight: dropping it while it still holds the
+/// start of the load (with the loader inside) spawns the background load.
+struct Leader {
+    start: Option<Box<dyn FnOnce(bool) + Send>>,
+    redis_failed: bool,
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if let Some(start) = self.start.take() {
+            start(self.redis_failed);
+        }
+    }
+}
+
 struct FlightGuard<'a, V> {
     flights: &'a Flights<V>,
     key: &'a str,
@@ -294,7 +343,10 @@ where
 
             let probe = match self.remote.get_or_lock(&keys, &token, cfg.lock_ttl).await {
                 Ok(probe) => probe,
-                Err(e) => return self.load_without_redis(key, loader, flight, e).await,
+                Err(e) => {
+                    let _ = self.redis_error("read-or-lock", e);
+                    return self.load_without_redis(key, loader, flight).await;
+                }
             };
             let lock_pttl = match probe {
                 Probe::Value(bytes) => {
@@ -318,7 +370,8 @@ where
                             }
                             Ok(Some(pttl)) => pttl,
                             Err(e) => {
-                                return self.load_without_redis(key, loader, flight, e).await;
+                                let _ = self.redis_error("lock", e);
+                                return self.load_without_redis(key, loader, flight).await;
                             }
                         },
                     }
@@ -422,14 +475,12 @@ where
         key: &str,
         loader: F,
         flight: &Flight<V>,
-        e: redis::RedisError,
     ) -> Outcome<V>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let _ = self.redis_error("read path", e);
         Counters::bump(&self.stats.redis_fallback_loads);
         Counters::bump(&self.stats.loads);
         let started = Instant::now();
