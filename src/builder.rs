@@ -30,6 +30,10 @@ pub(crate) struct Config {
     pub(crate) max_capacity: u64,
     pub(crate) poll_min: Duration,
     pub(crate) poll_max: Duration,
+    pub(crate) stale_for: Duration,
+    pub(crate) soft_timeout: Option<Duration>,
+    pub(crate) fail_safe_throttle: Duration,
+    pub(crate) breaker_cooldown: Duration,
 }
 
 impl Default for Config {
@@ -46,6 +50,10 @@ impl Default for Config {
             max_capacity: 10_000,
             poll_min: Duration::from_millis(20),
             poll_max: Duration::from_millis(250),
+            stale_for: Duration::ZERO,
+            soft_timeout: None,
+            fail_safe_throttle: Duration::from_secs(30),
+            breaker_cooldown: Duration::from_millis(250),
         }
     }
 }
@@ -128,9 +136,9 @@ impl<V, C: Codec> CacheBuilder<V, C> {
         self
     }
 
-    /// How long the loader may run before the lock holder gives up on it
-    /// (the loader task is aborted, the lock released, callers get
-    /// [`ErrorKind::LoadTimeout`]). Default 10 s. Without such a bound a hung
+    /// The hard timeout: how long the loader may run before it is given up
+    /// (the loader task is aborted, the lock released; callers get the stale
+    /// value if there is one, else [`ErrorKind::LoadTimeout`]). Default 10 s. Without such a bound a hung
     /// loader would keep the key locked for the whole fleet.
     pub fn load_timeout(mut self, timeout: Duration) -> Self {
         self.config.load_timeout = timeout;
@@ -147,8 +155,8 @@ impl<V, C: Codec> CacheBuilder<V, C> {
 
     /// The largest encoded value, in bytes, that is written or decoded.
     /// Default 8 MiB. A larger value is refused with
-    /// [`ErrorKind::ValueTooLarge`] (the loader's result still reaches the
-    /// callers, but is not cached); larger stored bytes read as a miss.
+    /// [`ErrorKind::ValueTooLarge`], from `set` and from `get_or_compute`
+    /// alike (nothing is written); larger stored bytes read as a miss.
     pub fn max_value_size(mut self, bytes: usize) -> Self {
         self.config.max_value_size = bytes;
         self
@@ -178,6 +186,46 @@ impl<V, C: Codec> CacheBuilder<V, C> {
     pub fn poll_interval(mut self, first: Duration, longest: Duration) -> Self {
         self.config.poll_min = first;
         self.config.poll_max = longest.max(first);
+        self
+    }
+
+    /// The stale window: how long a value stays servable after its fresh
+    /// TTL. Default zero (hard expiry: an expired key is rebuilt while its
+    /// callers wait). With a window, a caller that finds a stale value gets
+    /// it at once and one background refresh runs fleet-wide under the lock;
+    /// processes that lose the lock do not load. The window is also what
+    /// fail-safe serves when the loader fails, and what Redis keeps (the key's
+    /// PX is fresh TTL + window).
+    pub fn stale_for(mut self, window: Duration) -> Self {
+        self.config.stale_for = window;
+        self
+    }
+
+    /// With a stale value at hand, how long a caller waits for the refresh
+    /// before taking the stale value. Default none: the stale value is
+    /// returned at once (stale-while-revalidate). Set it to prefer fresh
+    /// values when the loader is usually fast; the load always goes on in the
+    /// background and fills when done.
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.config.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// After a loader fails (or hits `load_timeout`) while a stale value
+    /// exists, that value is served and kept fresh for this long, fleet-wide,
+    /// so a failing database is not retried on every call. Default 30 s.
+    pub fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
+        self.config.fail_safe_throttle = throttle;
+        self
+    }
+
+    /// After Redis fails at the connection level, calls skip Redis for this
+    /// long (the circuit breaker is open), then one call probes it. Default
+    /// 250 ms: short enough that a Redis that comes back is used again
+    /// within well under a second, long enough that an outage costs each
+    /// miss no more than a failed-fast check.
+    pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.config.breaker_cooldown = cooldown;
         self
     }
 
@@ -267,6 +315,7 @@ where
             .map_err(|e| Error::redis("subscribe", e))?;
 
         let conn = Arc::new(conn);
+        let stats = Arc::new(Counters::default());
         let origin = fastrand::u64(..);
         let local = Local::new(
             self.config.max_capacity,
@@ -292,11 +341,18 @@ where
             timeout,
         );
         Ok(Cache::from_inner(Inner {
-            remote: Remote::new(conn, layout, origin, timeout),
+            remote: Remote::new(
+                conn,
+                layout,
+                origin,
+                timeout,
+                self.config.breaker_cooldown,
+                stats.clone(),
+            ),
             local,
             flights,
             waiters,
-            stats: Arc::new(Counters::default()),
+            stats,
             config: self.config,
             codec: self.codec,
         }))

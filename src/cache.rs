@@ -1,17 +1,14 @@
-//! [`Cache`]: the public handle and the read path of `get_or_compute`.
+//! [`Cache`]: the public handle, the entry of `get_or_compute`, and the
+//! write paths. The rebuild protocol itself lives in `load.rs`.
 //!
 //! ```text
 //! get_or_compute(key)
-//!   L1 fresh? ──yes──> return                     (no Redis, no lock, no await)
-//!   join the key's flight in this process ──joined──> await its outcome
-//!   leader: spawn the flight task, await its outcome
-//!     loop:
-//!       watch the key on the bus                  (before reading: no lost wake-up)
-//!       GET_OR_LOCK ─ value fresh ──> fill L1, done
-//!                   ─ acquired ─────> run loader (watchdog) ─> FILL (lease-checked,
-//!                                      releases, publishes) ─> fill L1, done
-//!                   ─ locked ───────> sleep until notice | poll | lock expiry | deadline
-//!       Redis error ─> run the loader locally (still one per process)
+//!   L1 fresh ─────────────> return            (no Redis, no lock, no .await)
+//!   L1 stale ─────────────> return it; one background refresh per process
+//!   join the key's flight ─ joined ─> await its outcome
+//!   leader: GET inline ─ fresh ─> fill L1, return
+//!                      ─ stale ─> return it; refresh in the background
+//!                      ─ none ──> spawn the load task (load.rs), await it
 //! ```
 
 use serde::{Serialize, de::DeserializeOwned};
@@ -23,11 +20,11 @@ use crate::builder::{CacheBuilder, Config};
 use crate::codec::{Codec, DefaultCodec};
 use crate::envelope::{HEADER_LEN, Header, now_ms};
 use crate::error::{Error, ErrorKind};
-use crate::keys::{RedisKeys, check_key};
-use crate::local::{Flight, Flights, Local, Outcome};
-use crate::lock::{new_token, run_loader};
+use crate::keys::check_key;
+use crate::load::LoadFn;
+use crate::local::{Flight, Flights, Local};
 use crate::notify::Waiters;
-use crate::remote::{Probe, Remote};
+use crate::remote::Remote;
 use crate::stats::{Counters, Stats};
 
 /// A two-tier cache of `V` values under one namespace.
@@ -65,8 +62,15 @@ impl<V> Cache<V, DefaultCodec> {
     }
 }
 
+/// A value read from Redis that is not fresh any more.
+pub(crate) enum Decoded<V> {
+    Fresh(Header, V),
+    /// Past fresh-until but inside the stale window.
+    Stale(Header, V),
+}
+
 /// Why stored bytes were not used (decode errors are counted where found).
-enum Unusable {
+pub(crate) enum Unusable {
     Corrupt,
     Expired,
 }
@@ -85,16 +89,20 @@ where
     /// Returns the value of `key`, computing it with `loader` if neither tier
     /// has a fresh one. Across every process sharing the namespace, one
     /// caller runs the loader; the rest wait for its result (woken by a
-    /// notice, not by polling).
+    /// notice, not by polling). With a stale window
+    /// ([`stale_for`](CacheBuilder::stale_for)), a caller that finds a stale
+    /// value gets it at once while one background refresh runs fleet-wide.
     ///
     /// The loader runs in its own Tokio task, hence `Send + 'static`: that is
     /// what lets it finish, and fill the cache for everyone, when the caller
     /// that started it is dropped, and what turns its panic into an error.
     ///
     /// # Errors
+    /// Only when there is no stale value to fall back on:
     /// - [`ErrorKind::Loader`], [`ErrorKind::LoaderPanicked`],
     ///   [`ErrorKind::LoadTimeout`]: the loader failed; every caller coalesced
-    ///   onto that load gets the same error, and nothing is cached.
+    ///   onto that load gets the same error, and nothing is cached. (With a
+    ///   stale value, callers get it instead: fail-safe.)
     /// - [`ErrorKind::WaitTimeout`]: another process held the lock past
     ///   `wait_timeout`.
     /// - [`ErrorKind::InvalidKey`]: the key is longer than
@@ -115,47 +123,54 @@ where
     {
         check_key(key)?;
         let inner = &self.inner;
-        if let Some(value) = inner.fresh_local(key) {
-            return Ok(value);
-        }
+        let stale = match inner.local.get(key) {
+            Some(entry) if Instant::now() < entry.fresh_until => {
+                Counters::bump(&inner.stats.l1_hits);
+                return Ok(entry.value);
+            }
+            Some(entry) => Some(entry.value),
+            None => None,
+        };
         let (flight, leader) = inner.flights.join(key);
+        if let Some(stale) = stale {
+            if leader {
+                Counters::bump(&inner.stats.background_refreshes);
+                inner
+                    .clone()
+                    .spawn_flight(key, flight.clone(), loader, Some(stale.clone()), false);
+            }
+            return Ok(inner.serve_stale(stale, &flight).await);
+        }
         if !leader {
             Counters::bump(&inner.stats.coalesced);
             return flight.wait().await;
         }
         // The leader first tries a plain GET inline: L2 hits are the common
         // case, and a GET is cheaper than the read-or-lock script and needs
-        // no task. If this future is dropped before the flight is settled,
-        // `Leader`'s drop hands the loader to a background load, so waiters
-        // that joined are still served.
+        // no task. If this future is dropped before the flight is handed to
+        // its task, `Leader`'s drop starts the task, so joined waiters are
+        // still served.
         let mut lead = Leader {
             start: Some(Box::new({
-                let (inner, key, flight) = (inner.clone(), Arc::<str>::from(key), flight.clone());
-                move |redis_failed| {
-                    tokio::spawn(async move {
-                        // Completes the flight even if this task unwinds, so
-                        // no waiter is left hanging on a bug of ours.
-                        let guard = FlightGuard {
-                            flights: &inner.flights,
-                            key: &key,
-                            flight: &flight,
-                        };
-                        let outcome = if redis_failed {
-                            inner.load_without_redis(&key, loader, &flight).await
-                        } else {
-                            inner.load(&key, loader, &flight).await
-                        };
-                        drop(guard);
-                        flight.complete(outcome);
-                    });
+                let (inner, key, flight) = (inner.clone(), key.to_owned(), flight.clone());
+                move |stale, redis_failed| {
+                    inner
+                        .clone()
+                        .spawn_flight(&key, flight, loader, stale, redis_failed)
                 }
             })),
+            stale: None,
             redis_failed: false,
         };
+        if inner.remote.is_down() {
+            lead.redis_failed = true;
+            drop(lead);
+            return flight.wait().await;
+        }
         let keys = inner.remote.keys(key);
         match inner.remote.get(&keys).await {
-            Ok(Some(bytes)) => {
-                if let Ok((header, value)) = inner.decode(&bytes) {
+            Ok(Some(bytes)) => match inner.decode(&bytes) {
+                Ok(Decoded::Fresh(header, value)) => {
                     Counters::bump(&inner.stats.l2_hits);
                     let value = Arc::new(value);
                     flight.insert_unless_voided(&inner.local, key, value.clone(), &header);
@@ -164,7 +179,18 @@ where
                     flight.complete(Ok(value.clone()));
                     return Ok(value);
                 }
-            }
+                Ok(Decoded::Stale(header, value)) => {
+                    let value = Arc::new(value);
+                    // Into L1 as a stale entry: this process's next callers
+                    // take the stale path without touching Redis.
+                    flight.insert_unless_voided(&inner.local, key, value.clone(), &header);
+                    Counters::bump(&inner.stats.background_refreshes);
+                    lead.stale = Some(value.clone());
+                    drop(lead);
+                    return Ok(inner.serve_stale(value, &flight).await);
+                }
+                Err(_) => {}
+            },
             Ok(None) => {}
             Err(e) => {
                 let _ = inner.redis_error("GET", e);
@@ -176,17 +202,20 @@ where
     }
 
     /// Returns the fresh value of `key` if either tier has one. Never runs a
-    /// loader and never takes a lock.
+    /// loader, never takes a lock, and never returns a stale value.
     ///
     /// # Errors
-    /// [`ErrorKind::Redis`] if L1 has no fresh value and Redis fails. Bytes
-    /// that do not decode read as `None` (and are counted in
-    /// [`Stats::decode_errors`]).
+    /// [`ErrorKind::Redis`] if L1 has no fresh value and Redis fails or is
+    /// marked down by the breaker. Bytes that do not decode read as `None`
+    /// (and are counted in [`Stats::decode_errors`]).
     pub async fn get(&self, key: &str) -> Result<Option<Arc<V>>, Error> {
         check_key(key)?;
         let inner = &self.inner;
-        if let Some(value) = inner.fresh_local(key) {
-            return Ok(Some(value));
+        if let Some(entry) = inner.local.get(key)
+            && Instant::now() < entry.fresh_until
+        {
+            Counters::bump(&inner.stats.l1_hits);
+            return Ok(Some(entry.value));
         }
         let keys = inner.remote.keys(key);
         let bytes = inner
@@ -194,18 +223,14 @@ where
             .get(&keys)
             .await
             .map_err(|e| inner.redis_error("GET", e))?;
-        let Some(bytes) = bytes else {
-            Counters::bump(&inner.stats.misses);
-            return Ok(None);
-        };
-        match inner.decode(&bytes) {
-            Ok((header, value)) => {
+        match bytes.map(|b| inner.decode(&b)) {
+            Some(Ok(Decoded::Fresh(header, value))) => {
                 Counters::bump(&inner.stats.l2_hits);
                 let value = Arc::new(value);
                 inner.local.insert(key, value.clone(), &header);
                 Ok(Some(value))
             }
-            Err(_) => {
+            _ => {
                 Counters::bump(&inner.stats.misses);
                 Ok(None)
             }
@@ -218,12 +243,14 @@ where
     ///
     /// # Errors
     /// [`ErrorKind::ValueTooLarge`] or [`ErrorKind::Encode`] before anything
-    /// is written; [`ErrorKind::Redis`] if the write fails, in which case the
-    /// key is also dropped from this process's L1 (it may now be out of date).
+    /// is written; [`ErrorKind::Redis`] if the write fails or Redis is marked
+    /// down, in which case the key is also dropped from this process's L1 (it
+    /// may now be out of date). A failed `set` is never reported as success.
     pub async fn set(&self, key: &str, value: V) -> Result<(), Error> {
         check_key(key)?;
         let inner = &self.inner;
-        let (header, envelope, px) = inner.encode(&value, Duration::ZERO)?;
+        let header = inner.header(Duration::ZERO);
+        let (envelope, px) = inner.encode(&value, &header)?;
         let keys = inner.remote.keys(key);
         let written = inner.remote.set(key, &keys, &envelope, px).await;
         // Void after the write: a local load that read Redis before it must
@@ -246,8 +273,8 @@ where
     /// processes to drop their L1 copy.
     ///
     /// # Errors
-    /// [`ErrorKind::Redis`] if Redis fails; the key is dropped from this
-    /// process's L1 regardless.
+    /// [`ErrorKind::Redis`] if Redis fails or is marked down; the key is
+    /// dropped from this process's L1 regardless.
     pub async fn invalidate(&self, key: &str) -> Result<(), Error> {
         check_key(key)?;
         let inner = &self.inner;
@@ -264,18 +291,131 @@ where
     }
 }
 
+type StartFlight<V> = Box<dyn FnOnce(Option<Arc<V>>, bool) + Send>;
+
 /// The leader's claim on a flight: dropping it while it still holds the
-/// start of the load (with the loader inside) spawns the background load.
-struct Leader {
-    start: Option<Box<dyn FnOnce(bool) + Send>>,
+/// start of the load (with the loader inside) spawns the load task.
+struct Leader<V> {
+    start: Option<StartFlight<V>>,
+    stale: Option<Arc<V>>,
     redis_failed: bool,
 }
 
-impl Drop for Leader {
+impl<V> Drop for Leader<V> {
     fn drop(&mut self) {
         if let Some(start) = self.start.take() {
-            start(self.redis_failed);
+            start(self.stale.take(), self.redis_failed);
         }
+    }
+}
+
+impl<V, C> Inner<V, C>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    /// Spawns the load task of `flight`.
+    pub(crate) fn spawn_flight<L: LoadFn<V>>(
+        self: Arc<Self>,
+        key: &str,
+        flight: Arc<Flight<V>>,
+        loader: L,
+        stale: Option<Arc<V>>,
+        redis_failed: bool,
+    ) {
+        let key: Arc<str> = key.into();
+        tokio::spawn(async move {
+            // Settles the flight even if this task unwinds, so that no
+            // waiter is left hanging on a bug of ours.
+            let guard = FlightGuard {
+                flights: &self.flights,
+                key: &key,
+                flight: &flight,
+            };
+            let outcome = self
+                .run_flight(&key, loader, &flight, stale, redis_failed)
+                .await;
+            drop(guard);
+            flight.complete(outcome);
+        });
+    }
+
+    /// What a caller holding a stale value returns: the stale value at once
+    /// (default), or the refreshed value if it comes within `soft_timeout`.
+    async fn serve_stale(&self, stale: Arc<V>, flight: &Flight<V>) -> Arc<V> {
+        if let Some(soft) = self.config.soft_timeout
+            && let Ok(Ok(fresh)) = tokio::time::timeout(soft, flight.wait()).await
+        {
+            return fresh;
+        }
+        Counters::bump(&self.stats.stale_served);
+        stale
+    }
+
+    pub(crate) fn redis_error(&self, op: &str, e: redis::RedisError) -> Error {
+        Counters::bump(&self.stats.redis_errors);
+        Error::redis(op, e)
+    }
+
+    /// A header for a value computed now: fresh for `ttl` less up to
+    /// `jitter` of it, then stale for `stale_for`.
+    pub(crate) fn header(&self, compute: Duration) -> Header {
+        let ttl = self.config.ttl.as_millis() as u64;
+        let cut = (ttl as f64 * self.config.jitter * fastrand::f64()) as u64;
+        self.header_for(Duration::from_millis((ttl - cut).max(1)), compute)
+    }
+
+    pub(crate) fn header_for(&self, fresh: Duration, compute: Duration) -> Header {
+        let now = now_ms();
+        let fresh_until_ms = now + (fresh.as_millis() as u64).max(1);
+        Header {
+            flags: 0,
+            compute_ms: compute.as_millis().min(u32::MAX as u128) as u32,
+            fresh_until_ms,
+            stale_until_ms: fresh_until_ms + self.config.stale_for.as_millis() as u64,
+        }
+    }
+
+    /// Envelope bytes for `value` under `header`, and the Redis PX: the
+    /// stale-until instant (the value must outlive its freshness).
+    pub(crate) fn encode(&self, value: &V, header: &Header) -> Result<(Vec<u8>, Duration), Error> {
+        let mut buf = header.start_buffer(256);
+        self.codec
+            .encode(value, &mut buf)
+            .map_err(|e| Error::new(ErrorKind::Encode, e.to_string()))?;
+        let size = buf.len() - HEADER_LEN;
+        if size > self.config.max_value_size {
+            return Err(Error::new(
+                ErrorKind::ValueTooLarge,
+                format!(
+                    "encoded value is {size} bytes; max_value_size is {}",
+                    self.config.max_value_size
+                ),
+            ));
+        }
+        let px = Duration::from_millis(header.stale_until_ms.saturating_sub(now_ms()).max(1));
+        Ok((buf, px))
+    }
+
+    pub(crate) fn decode(&self, bytes: &[u8]) -> Result<Decoded<V>, Unusable> {
+        let corrupt = || {
+            Counters::bump(&self.stats.decode_errors);
+            Unusable::Corrupt
+        };
+        if bytes.len() > HEADER_LEN + self.config.max_value_size {
+            return Err(corrupt());
+        }
+        let (header, payload) = Header::parse(bytes).map_err(|_| corrupt())?;
+        let now = now_ms();
+        if header.stale_until_ms <= now {
+            return Err(Unusable::Expired);
+        }
+        let value = self.codec.decode(payload).map_err(|_| corrupt())?;
+        Ok(if now < header.fresh_until_ms {
+            Decoded::Fresh(header, value)
+        } else {
+            Decoded::Stale(header, value)
+        })
     }
 }
 
@@ -294,257 +434,5 @@ impl<V> Drop for FlightGuard<'_, V> {
                 "internal panic in the load task",
             )));
         }
-    }
-}
-
-impl<V, C> Inner<V, C>
-where
-    V: Serialize + DeserializeOwned + Send + Sync + 'static,
-    C: Codec,
-{
-    /// The L1 hit path: a map lookup, a clock read and an `Arc` clone.
-    #[inline]
-    fn fresh_local(&self, key: &str) -> Option<Arc<V>> {
-        let entry = self.local.get(key)?;
-        if Instant::now() < entry.fresh_until {
-            Counters::bump(&self.stats.l1_hits);
-            Some(entry.value)
-        } else {
-            None
-        }
-    }
-
-    fn redis_error(&self, op: &str, e: redis::RedisError) -> Error {
-        Counters::bump(&self.stats.redis_errors);
-        Error::redis(op, e)
-    }
-
-    /// The flight of one key in this process: find a value in Redis, or take
-    /// the lock and load, or wait for whoever holds it.
-    async fn load<F, Fut, E>(&self, key: &str, loader: F, flight: &Flight<V>) -> Outcome<V>
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        let cfg = &self.config;
-        let keys = self.remote.keys(key);
-        let token = new_token();
-        let deadline = Instant::now() + cfg.wait_timeout;
-        let mut poll = cfg.poll_min;
-        let mut waiting = false;
-        loop {
-            // Register for the fill notice *before* reading Redis: a fill that
-            // lands between the read and the sleep below still wakes us.
-            let watch = self.waiters.watch(key);
-            let notified = watch.notify().notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-
-            let probe = match self.remote.get_or_lock(&keys, &token, cfg.lock_ttl).await {
-                Ok(probe) => probe,
-                Err(e) => {
-                    let _ = self.redis_error("read-or-lock", e);
-                    return self.load_without_redis(key, loader, flight).await;
-                }
-            };
-            let lock_pttl = match probe {
-                Probe::Value(bytes) => {
-                    match self.decode(&bytes) {
-                        Ok((header, value)) => {
-                            Counters::bump(&self.stats.l2_hits);
-                            let value = Arc::new(value);
-                            flight.insert_unless_voided(&self.local, key, value.clone(), &header);
-                            return Ok(value);
-                        }
-                        // Undecodable, or expired by our clock while Redis
-                        // still holds it: rebuild it, under the same lock.
-                        Err(_) => match self.remote.try_lock(&keys, &token, cfg.lock_ttl).await {
-                            Ok(None) => {
-                                if !waiting {
-                                    Counters::bump(&self.stats.misses);
-                                }
-                                return self
-                                    .load_as_holder(key, &keys, &token, loader, flight)
-                                    .await;
-                            }
-                            Ok(Some(pttl)) => pttl,
-                            Err(e) => {
-                                let _ = self.redis_error("lock", e);
-                                return self.load_without_redis(key, loader, flight).await;
-                            }
-                        },
-                    }
-                }
-                Probe::Acquired => {
-                    if !waiting {
-                        Counters::bump(&self.stats.misses);
-                    }
-                    return self
-                        .load_as_holder(key, &keys, &token, loader, flight)
-                        .await;
-                }
-                Probe::Locked { pttl } => pttl,
-            };
-            if !waiting {
-                waiting = true;
-                Counters::bump(&self.stats.misses);
-                Counters::bump(&self.stats.lock_waits);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                Counters::bump(&self.stats.wait_timeouts);
-                return Err(Error::new(
-                    ErrorKind::WaitTimeout,
-                    format!(
-                        "another process held the lock of {key:?} past wait_timeout ({:?})",
-                        cfg.wait_timeout
-                    ),
-                ));
-            }
-            // Wake on the notice; else re-check at the poll interval, or just
-            // after the holder's lock would expire (it may have died).
-            let nap = poll
-                .min(lock_pttl + Duration::from_millis(1))
-                .min(deadline - now);
-            tokio::select! {
-                _ = &mut notified => Counters::bump(&self.stats.notified_wakeups),
-                _ = tokio::time::sleep(nap) => poll = (poll * 2).min(cfg.poll_max),
-            }
-        }
-    }
-
-    /// We hold the lock: run the loader under the watchdog, then fill.
-    async fn load_as_holder<F, Fut, E>(
-        &self,
-        key: &str,
-        keys: &RedisKeys,
-        token: &str,
-        loader: F,
-        flight: &Flight<V>,
-    ) -> Outcome<V>
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        Counters::bump(&self.stats.loads);
-        let started = Instant::now();
-        let lock = Some((&self.remote, keys, token, self.config.lock_ttl));
-        let loaded = run_loader(loader, self.config.load_timeout, lock, &self.stats).await;
-        let value = match loaded {
-            Ok(value) => value,
-            Err(e) => {
-                Counters::bump(&self.stats.load_errors);
-                self.release(key, keys, token).await;
-                return Err(e);
-            }
-        };
-        let (header, envelope, px) = match self.encode(&value, started.elapsed()) {
-            Ok(encoded) => encoded,
-            Err(e) => {
-                self.release(key, keys, token).await;
-                return Err(e);
-            }
-        };
-        let value = Arc::new(value);
-        match self.remote.fill(key, keys, token, &envelope, px).await {
-            Ok(true) => flight.insert_unless_voided(&self.local, key, value.clone(), &header),
-            // The lease was voided (set/invalidate) or expired: our value may
-            // predate a write, so it is handed to our callers but cached
-            // nowhere.
-            Ok(false) => Counters::bump(&self.stats.lease_lost),
-            // Redis failed at the last step; the lock expires on its own.
-            Err(_) => {
-                Counters::bump(&self.stats.redis_errors);
-                flight.insert_unless_voided(&self.local, key, value.clone(), &header);
-            }
-        }
-        Ok(value)
-    }
-
-    async fn release(&self, key: &str, keys: &RedisKeys, token: &str) {
-        if self.remote.release(key, keys, token).await.is_err() {
-            Counters::bump(&self.stats.redis_errors);
-        }
-    }
-
-    /// Redis failed: serve the caller from the loader, once per process.
-    async fn load_without_redis<F, Fut, E>(
-        &self,
-        key: &str,
-        loader: F,
-        flight: &Flight<V>,
-    ) -> Outcome<V>
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        Counters::bump(&self.stats.redis_fallback_loads);
-        Counters::bump(&self.stats.loads);
-        let started = Instant::now();
-        match run_loader(loader, self.config.load_timeout, None, &self.stats).await {
-            Ok(value) => {
-                let value = Arc::new(value);
-                let header = self.header(started.elapsed());
-                flight.insert_unless_voided(&self.local, key, value.clone(), &header);
-                Ok(value)
-            }
-            Err(e) => {
-                Counters::bump(&self.stats.load_errors);
-                Err(e)
-            }
-        }
-    }
-
-    fn header(&self, compute: Duration) -> Header {
-        let now = now_ms();
-        let ttl = self.config.ttl.as_millis() as u64;
-        let cut = (ttl as f64 * self.config.jitter * fastrand::f64()) as u64;
-        let fresh = (ttl - cut).max(1);
-        Header {
-            flags: 0,
-            compute_ms: compute.as_millis().min(u32::MAX as u128) as u32,
-            fresh_until_ms: now + fresh,
-            stale_until_ms: now + fresh,
-        }
-    }
-
-    /// Envelope bytes for `value`, and the Redis PX to store them with.
-    fn encode(&self, value: &V, compute: Duration) -> Result<(Header, Vec<u8>, Duration), Error> {
-        let header = self.header(compute);
-        let mut buf = header.start_buffer(256);
-        self.codec
-            .encode(value, &mut buf)
-            .map_err(|e| Error::new(ErrorKind::Encode, e.to_string()))?;
-        let size = buf.len() - HEADER_LEN;
-        if size > self.config.max_value_size {
-            return Err(Error::new(
-                ErrorKind::ValueTooLarge,
-                format!(
-                    "encoded value is {size} bytes; max_value_size is {}",
-                    self.config.max_value_size
-                ),
-            ));
-        }
-        let px = Duration::from_millis(header.stale_until_ms.saturating_sub(now_ms()).max(1));
-        Ok((header, buf, px))
-    }
-
-    fn decode(&self, bytes: &[u8]) -> Result<(Header, V), Unusable> {
-        let corrupt = || {
-            Counters::bump(&self.stats.decode_errors);
-            Unusable::Corrupt
-        };
-        if bytes.len() > HEADER_LEN + self.config.max_value_size {
-            return Err(corrupt());
-        }
-        let (header, payload) = Header::parse(bytes).map_err(|_| corrupt())?;
-        if header.fresh_until_ms <= now_ms() {
-            return Err(Unusable::Expired);
-        }
-        let value = self.codec.decode(payload).map_err(|_| corrupt())?;
-        Ok((header, value))
     }
 }

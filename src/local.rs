@@ -144,8 +144,17 @@ impl<V> Flight<V> {
         }
     }
 
+    /// Settles the flight. The first outcome wins: a flight that answered
+    /// early with a stale value keeps that answer for late joiners.
     pub(crate) fn complete(&self, outcome: Outcome<V>) {
-        self.result.send_replace(Some(outcome));
+        self.result.send_if_modified(|slot| {
+            if slot.is_none() {
+                *slot = Some(outcome);
+                true
+            } else {
+                false
+            }
+        });
     }
 
     pub(crate) fn is_complete(&self) -> bool {

@@ -8,9 +8,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::breaker::Breaker;
 use crate::keys::{Layout, RedisKeys};
 use crate::notify::{Notice, NoticeKind};
 use crate::scripts;
+use crate::stats::Counters;
 
 /// What the read-or-lock probe found.
 #[derive(Debug)]
@@ -23,7 +25,6 @@ pub(crate) enum Probe {
     Locked { pttl: Duration },
 }
 
-#[derive(Clone)]
 pub(crate) struct Remote {
     /// In an `Arc` so the bus can hold a `Weak` to probe a lost connection
     /// without keeping it alive after the last `Cache` handle is dropped.
@@ -31,6 +32,8 @@ pub(crate) struct Remote {
     layout: Layout,
     origin: u64,
     timeout: Duration,
+    breaker: Breaker,
+    stats: Arc<Counters>,
 }
 
 /// Bounds a Redis call by `limit`. The connection's own response timeout
@@ -67,13 +70,37 @@ impl Remote {
         layout: Layout,
         origin: u64,
         timeout: Duration,
+        breaker_cooldown: Duration,
+        stats: Arc<Counters>,
     ) -> Self {
         Remote {
             conn,
             layout,
             origin,
             timeout,
+            breaker: Breaker::new(breaker_cooldown),
+            stats,
         }
+    }
+
+    /// Every call goes through here: refused at once while the breaker is
+    /// open, bounded by `redis_timeout` otherwise, and its outcome recorded.
+    async fn call<T>(&self, call: impl Future<Output = RedisResult<T>>) -> RedisResult<T> {
+        if !self.breaker.admit() {
+            Counters::bump(&self.stats.breaker_rejections);
+            return Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "Redis is unreachable (circuit breaker open)",
+            )));
+        }
+        let result = bounded(self.timeout, call).await;
+        self.breaker.record(&result);
+        result
+    }
+
+    /// True while the breaker treats Redis as down.
+    pub(crate) fn is_down(&self) -> bool {
+        self.breaker.is_open()
     }
 
     pub(crate) fn keys(&self, key: &str) -> RedisKeys {
@@ -85,7 +112,7 @@ impl Remote {
     }
 
     pub(crate) async fn get(&self, keys: &RedisKeys) -> RedisResult<Option<Vec<u8>>> {
-        bounded(self.timeout, async {
+        self.call(async {
             redis::cmd("GET")
                 .arg(&keys.value)
                 .query_async(&mut ConnectionManager::clone(&self.conn))
@@ -100,7 +127,7 @@ impl Remote {
         token: &str,
         lock_ttl: Duration,
     ) -> RedisResult<Probe> {
-        bounded(self.timeout, async {
+        self.call(async {
             let reply: Value = scripts::GET_OR_LOCK
                 .key(&keys.value)
                 .key(&keys.lock)
@@ -121,7 +148,7 @@ impl Remote {
         token: &str,
         lock_ttl: Duration,
     ) -> RedisResult<Option<Duration>> {
-        bounded(self.timeout, async {
+        self.call(async {
             let mut conn = ConnectionManager::clone(&self.conn);
             let set: Option<String> = redis::cmd("SET")
                 .arg(&keys.lock)
@@ -149,7 +176,7 @@ impl Remote {
         token: &str,
         lock_ttl: Duration,
     ) -> RedisResult<bool> {
-        bounded(self.timeout, async {
+        self.call(async {
             let n: i64 = scripts::EXTEND
                 .key(&keys.lock)
                 .arg(token)
@@ -169,7 +196,7 @@ impl Remote {
         envelope: &[u8],
         px: Duration,
     ) -> RedisResult<bool> {
-        bounded(self.timeout, async {
+        self.call(async {
             let n: i64 = scripts::FILL
                 .key(&keys.value)
                 .key(&keys.lock)
@@ -191,7 +218,7 @@ impl Remote {
         keys: &RedisKeys,
         token: &str,
     ) -> RedisResult<bool> {
-        bounded(self.timeout, async {
+        self.call(async {
             let n: i64 = scripts::RELEASE
                 .key(&keys.lock)
                 .arg(token)
@@ -211,7 +238,7 @@ impl Remote {
         envelope: &[u8],
         px: Duration,
     ) -> RedisResult<()> {
-        bounded(self.timeout, async {
+        self.call(async {
             let _: i64 = scripts::SET_VOIDING
                 .key(&keys.value)
                 .key(&keys.lock)
@@ -227,7 +254,7 @@ impl Remote {
     }
 
     pub(crate) async fn invalidate(&self, key: &str, keys: &RedisKeys) -> RedisResult<()> {
-        bounded(self.timeout, async {
+        self.call(async {
             let _: i64 = scripts::INVALIDATE
                 .key(&keys.value)
                 .key(&keys.lock)

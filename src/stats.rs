@@ -54,6 +54,15 @@ counters! {
     redis_errors,
     /// Loads done without Redis because a Redis command failed.
     redis_fallback_loads,
+    /// Redis calls refused at once because the circuit breaker was open.
+    breaker_rejections,
+    /// Stale values served (stale window) while one caller refreshes.
+    stale_served,
+    /// Refreshes started in the background for a stale (or early-expiring) value.
+    background_refreshes,
+    /// Loads that failed or timed out while a stale value existed, answered
+    /// with that value (fail-safe), which is then kept for `fail_safe_throttle`.
+    fail_safe_served,
 }
 
 impl Counters {

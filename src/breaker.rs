@@ -1,0 +1,100 @@
+//! A circuit breaker in front of Redis: after a connection-level failure
+//! (refused, reset, timed out) it fails calls at once for `cooldown`, then
+//! lets exactly one call through as a probe. The probe's success closes it.
+//!
+//! Without it, every cache miss during an outage would pay the full
+//! `redis_timeout` before falling back to the loader.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::envelope::now_ms;
+
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    /// 0 when closed; else unix ms until which calls are refused.
+    open_until_ms: AtomicU64,
+    probing: AtomicBool,
+    cooldown_ms: u64,
+}
+
+/// Connection-class failures open the breaker; a Redis *reply* error (a
+/// script error, WRONGTYPE) proves the server is up and does not.
+pub(crate) fn is_outage(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+impl Breaker {
+    pub(crate) fn new(cooldown: Duration) -> Self {
+        Breaker {
+            open_until_ms: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            cooldown_ms: cooldown.as_millis().max(1) as u64,
+        }
+    }
+
+    /// May a call go to Redis now?
+    pub(crate) fn admit(&self) -> bool {
+        let until = self.open_until_ms.load(Relaxed);
+        if until == 0 {
+            return true;
+        }
+        if now_ms() < until {
+            return false;
+        }
+        // Half-open: one caller probes, the rest keep failing fast.
+        self.probing
+            .compare_exchange(false, true, Relaxed, Relaxed)
+            .is_ok()
+    }
+
+    pub(crate) fn record<T>(&self, result: &redis::RedisResult<T>) {
+        match result {
+            Err(e) if is_outage(e) => {
+                self.open_until_ms
+                    .store(now_ms() + self.cooldown_ms, Relaxed);
+                self.probing.store(false, Relaxed);
+            }
+            _ => {
+                if self.open_until_ms.load(Relaxed) != 0 {
+                    self.open_until_ms.store(0, Relaxed);
+                    self.probing.store(false, Relaxed);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.open_until_ms.load(Relaxed) != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outage() -> redis::RedisResult<()> {
+        Err(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "down").into())
+    }
+
+    #[test]
+    fn opens_on_outage_probes_once_and_closes_on_success() {
+        let b = Breaker::new(Duration::from_millis(30));
+        assert!(b.admit());
+        b.record(&outage());
+        assert!(b.is_open() && !b.admit(), "refuses during cooldown");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.admit(), "one probe after cooldown");
+        assert!(!b.admit(), "only one");
+        b.record(&Ok(()));
+        assert!(!b.is_open() && b.admit() && b.admit());
+    }
+
+    #[test]
+    fn reply_errors_do_not_open_it() {
+        let b = Breaker::new(Duration::from_millis(30));
+        let reply: redis::RedisResult<()> = Err((redis::ErrorKind::Parse, "WRONGTYPE").into());
+        b.record(&reply);
+        assert!(!b.is_open());
+    }
+}
