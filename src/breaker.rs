@@ -64,7 +64,8 @@ impl Breaker {
         }
     }
 
-    pub(crate) fn is_open(&self) -> bool {
+    #[cfg(test)]
+    fn is_open(&self) -> bool {
         self.open_until_ms.load(Relaxed) != 0
     }
 }

@@ -162,11 +162,6 @@ where
             stale: None,
             redis_failed: false,
         };
-        if inner.remote.is_down() {
-            lead.redis_failed = true;
-            drop(lead);
-            return flight.wait().await;
-        }
         let keys = inner.remote.keys(key);
         match inner.remote.get(&keys).await {
             Ok(Some(bytes)) => match inner.decode(&bytes) {

@@ -75,7 +75,7 @@ where
         redis_failed: bool,
     ) -> Outcome<V> {
         self.offer_stale(flight, &stale);
-        if redis_failed || self.remote.is_down() {
+        if redis_failed {
             return self.load_without_redis(key, loader, flight, stale).await;
         }
         let cfg = &self.config;

@@ -98,10 +98,6 @@ impl Remote {
         result
     }
 
-    /// True while the breaker treats Redis as down.
-    pub(crate) fn is_down(&self) -> bool {
-        self.breaker.is_open()
-    }
 
     pub(crate) fn keys(&self, key: &str) -> RedisKeys {
         self.layout.keys(key)
