@@ -17,6 +17,7 @@ mod support;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,6 +101,9 @@ async fn worker(o: Opts) {
                 .lock_ttl(Duration::from_millis(o.num("lock-ttl-ms", 3_000)))
                 .wait_timeout(Duration::from_millis(o.num("wait-timeout-ms", 10_000)))
                 .load_timeout(Duration::from_millis(o.num("load-timeout-ms", 120_000)))
+                .stale_for(Duration::from_millis(o.num("stale-ms", 0)))
+                .jitter(o.num("jitter-pct", 10) as f64 / 100.0)
+                .redis_timeout(Duration::from_millis(o.num("redis-timeout-ms", 500)))
                 .build()
                 .await
                 .unwrap(),
@@ -117,6 +121,10 @@ async fn worker(o: Opts) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
     let start = tokio::time::Instant::now() + Duration::from_millis(go_at.saturating_sub(now_ms()));
+    if o.str("mode", "cold") == "steady" {
+        let cache = cache.expect("steady mode needs --strategy herdcache");
+        return steady(o, cache, client, run, start).await;
+    }
 
     let mut handles = Vec::new();
     for _ in 0..tasks {
@@ -175,6 +183,122 @@ async fn worker(o: Opts) {
     if let Some(cache) = cache {
         println!("{:?}", cache.stats());
     }
+}
+
+/// Steady load: `tasks` loops of `get_or_compute` over `keys` keys until
+/// `duration-ms` is up, through whatever happens to Redis meanwhile. The
+/// loader counts its calls in memory (Redis may be down), and a canary task
+/// records when Redis answers again after failing. Results go to Redis at
+/// the end, under `<run>:w:<pid>`.
+async fn steady(
+    o: Opts,
+    cache: herdcache::Cache<Item>,
+    client: redis::Client,
+    run: String,
+    start: tokio::time::Instant,
+) {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let tasks = o.num("tasks", 8);
+    let keys = o.num("keys", 1);
+    let loader_ms = o.num("loader-ms", 5);
+    let pause = Duration::from_micros(o.num("pause-us", 500));
+    let end = start + Duration::from_millis(o.num("duration-ms", 5_000));
+    // Requests in the warm-up (the cold first load) are not measured.
+    let measure_from = start + Duration::from_millis(o.num("warmup-ms", 0));
+    let load_times = Arc::new(Mutex::new(Vec::new()));
+    let loads = Arc::new(AtomicU64::new(0));
+    tokio::time::sleep_until(start).await;
+
+    let canary = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let (mut down, mut recovered_at) = (false, 0u64);
+            while tokio::time::Instant::now() < end {
+                match cache.get("__canary").await {
+                    Err(_) => down = true,
+                    Ok(_) if down && recovered_at == 0 => recovered_at = now_ms(),
+                    Ok(_) => {}
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            recovered_at
+        })
+    };
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (cache, load_times, loads) = (cache.clone(), load_times.clone(), loads.clone());
+        handles.push(tokio::spawn(async move {
+            let (mut lat, mut errors) = (Vec::new(), Vec::new());
+            let mut i = t;
+            while tokio::time::Instant::now() < end {
+                let key = format!("k{}", i % keys);
+                i += 1;
+                let (load_times, loads) = (load_times.clone(), loads.clone());
+                let t0 = std::time::Instant::now();
+                let got = cache
+                    .get_or_compute(&key, move || async move {
+                        load_times.lock().unwrap().push(now_ms());
+                        loads.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(loader_ms)).await;
+                        Ok::<_, std::io::Error>(Item {
+                            nonce: fastrand::u64(..),
+                            loaded_by: std::process::id(),
+                        })
+                    })
+                    .await;
+                if tokio::time::Instant::from_std(t0) >= measure_from {
+                    lat.push(t0.elapsed().as_micros() as u64);
+                    if let Err(e) = got {
+                        errors.push(e.to_string());
+                    }
+                }
+                tokio::time::sleep(pause).await;
+            }
+            (lat, errors)
+        }));
+    }
+    let (mut lat, mut errors) = (Vec::new(), Vec::new());
+    for h in handles {
+        let (l, e) = h.await.unwrap();
+        lat.extend(l);
+        errors.extend(e);
+    }
+    let recovered_at = canary.await.unwrap();
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
+    let stats = cache.stats();
+    let summary: Vec<(&str, String)> = vec![
+        ("served", (lat.len() - errors.len()).to_string()),
+        ("errors", errors.len().to_string()),
+        ("first_error", errors.first().cloned().unwrap_or_default()),
+        ("loads", loads.load(Ordering::Relaxed).to_string()),
+        ("p50_us", pct(0.5).to_string()),
+        ("p99_us", pct(0.99).to_string()),
+        ("p999_us", pct(0.999).to_string()),
+        ("max_us", lat.last().unwrap().to_string()),
+        ("recovered_at", recovered_at.to_string()),
+        ("stats", format!("{stats:?}")),
+    ];
+    // Redis may still be coming back: retry the report for a few seconds.
+    let times = load_times.lock().unwrap().clone();
+    for _ in 0..100 {
+        let mut pipe = redis::pipe();
+        pipe.hset_multiple(format!("{run}:w:{}", std::process::id()), &summary)
+            .ignore();
+        if !times.is_empty() {
+            pipe.rpush(format!("{run}:load_times"), &times).ignore();
+        }
+        pipe.incr(format!("{run}:done"), 1).ignore();
+        // A new connection each try: the old one died with the old server.
+        if let Ok(mut con) = client.get_multiplexed_async_connection().await
+            && pipe.query_async::<()>(&mut con).await.is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("could not report results to Redis");
 }
 
 /// Plain cache-aside, as most services write it: GET, and on a miss load and

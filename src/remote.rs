@@ -98,7 +98,6 @@ impl Remote {
         result
     }
 
-
     pub(crate) fn keys(&self, key: &str) -> RedisKeys {
         self.layout.keys(key)
     }

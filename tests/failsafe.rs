@@ -20,7 +20,11 @@ struct DbDown;
 type Boxed = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Row, DbDown>> + Send>>;
 
 /// A loader that counts calls, sleeps `delay`, then returns `Row(n)` or fails.
-fn loader(calls: &Arc<AtomicUsize>, n: Option<u64>, delay: Duration) -> impl FnOnce() -> Boxed + Send + 'static {
+fn loader(
+    calls: &Arc<AtomicUsize>,
+    n: Option<u64>,
+    delay: Duration,
+) -> impl FnOnce() -> Boxed + Send + 'static {
     let calls = calls.clone();
     move || {
         Box::pin(async move {
@@ -42,10 +46,17 @@ fn builder(server: &RedisServer) -> herdcache::CacheBuilder<Row> {
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_values_are_served_at_once_while_one_refresh_runs_fleet_wide() {
     let server = RedisServer::start();
-    let (a, b) = (builder(&server).build().await.unwrap(), builder(&server).build().await.unwrap());
+    let (a, b) = (
+        builder(&server).build().await.unwrap(),
+        builder(&server).build().await.unwrap(),
+    );
     let calls = Arc::new(AtomicUsize::new(0));
-    a.get_or_compute("k", loader(&calls, Some(1), Duration::ZERO)).await.unwrap();
-    b.get_or_compute("k", loader(&calls, Some(99), Duration::ZERO)).await.unwrap();
+    a.get_or_compute("k", loader(&calls, Some(1), Duration::ZERO))
+        .await
+        .unwrap();
+    b.get_or_compute("k", loader(&calls, Some(99), Duration::ZERO))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await; // both L1 copies are stale now
 
     // Hammer both "processes" while the 150 ms refresh runs.
@@ -54,48 +65,84 @@ async fn stale_values_are_served_at_once_while_one_refresh_runs_fleet_wide() {
     while Instant::now() < t_end {
         for c in [&a, &b] {
             let t0 = Instant::now();
-            let v = c.get_or_compute("k", loader(&calls, Some(2), Duration::from_millis(150))).await.unwrap();
+            let v = c
+                .get_or_compute("k", loader(&calls, Some(2), Duration::from_millis(150)))
+                .await
+                .unwrap();
             slowest = slowest.max(t0.elapsed());
             assert_eq!(*v, Row(1), "stale value served while refreshing");
         }
     }
-    assert!(slowest < Duration::from_millis(50), "a stale hit waited {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(50),
+        "a stale hit waited {slowest:?}"
+    );
     // The refresh lands everywhere.
     let deadline = Instant::now() + Duration::from_secs(2);
     for c in [&a, &b] {
-        while *c.get_or_compute("k", loader(&calls, Some(3), Duration::ZERO)).await.unwrap() != Row(2) {
+        while *c
+            .get_or_compute("k", loader(&calls, Some(3), Duration::ZERO))
+            .await
+            .unwrap()
+            != Row(2)
+        {
             assert!(Instant::now() < deadline, "refresh never arrived");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "one initial load + exactly one refresh across both");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one initial load + exactly one refresh across both"
+    );
     assert!(a.stats().stale_served + b.stats().stale_served > 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_stale_window_expiry_is_hard() {
     let server = RedisServer::start();
-    let a = builder(&server).stale_for(Duration::ZERO).build().await.unwrap();
+    let a = builder(&server)
+        .stale_for(Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
-    a.get_or_compute("k", loader(&calls, Some(1), Duration::ZERO)).await.unwrap();
+    a.get_or_compute("k", loader(&calls, Some(1), Duration::ZERO))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
     let t0 = Instant::now();
-    let v = a.get_or_compute("k", loader(&calls, Some(2), Duration::from_millis(100))).await.unwrap();
+    let v = a
+        .get_or_compute("k", loader(&calls, Some(2), Duration::from_millis(100)))
+        .await
+        .unwrap();
     assert_eq!(*v, Row(2));
-    assert!(t0.elapsed() >= Duration::from_millis(95), "waited for the loader");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(95),
+        "waited for the loader"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_loader_serves_stale_and_throttles_retries_fleet_wide() {
     let server = RedisServer::start();
-    let build = || builder(&server).fail_safe_throttle(Duration::from_millis(600)).build();
+    let build = || {
+        builder(&server)
+            .fail_safe_throttle(Duration::from_millis(600))
+            .build()
+    };
     let (a, b) = (build().await.unwrap(), build().await.unwrap());
     let calls = Arc::new(AtomicUsize::new(0));
-    a.get_or_compute("k", loader(&calls, Some(1), Duration::ZERO)).await.unwrap();
+    a.get_or_compute("k", loader(&calls, Some(1), Duration::ZERO))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
 
     // The refresh fails: the caller still gets the old value…
-    let v = a.get_or_compute("k", loader(&calls, None, Duration::ZERO)).await.unwrap();
+    let v = a
+        .get_or_compute("k", loader(&calls, None, Duration::ZERO))
+        .await
+        .unwrap();
     assert_eq!(*v, Row(1));
     let deadline = Instant::now() + Duration::from_secs(2);
     while a.stats().fail_safe_served == 0 {
@@ -105,16 +152,39 @@ async fn failing_loader_serves_stale_and_throttles_retries_fleet_wide() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     // …and for the throttle period nobody in the fleet calls the failing loader.
     for _ in 0..20 {
-        assert_eq!(*a.get_or_compute("k", loader(&calls, None, Duration::ZERO)).await.unwrap(), Row(1));
-        assert_eq!(*b.get_or_compute("k", loader(&calls, None, Duration::ZERO)).await.unwrap(), Row(1));
+        assert_eq!(
+            *a.get_or_compute("k", loader(&calls, None, Duration::ZERO))
+                .await
+                .unwrap(),
+            Row(1)
+        );
+        assert_eq!(
+            *b.get_or_compute("k", loader(&calls, None, Duration::ZERO))
+                .await
+                .unwrap(),
+            Row(1)
+        );
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2, "throttled");
     // After it, the loader is tried again.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(*a.get_or_compute("k", loader(&calls, Some(5), Duration::ZERO)).await.unwrap(), Row(1));
+    assert_eq!(
+        *a.get_or_compute("k", loader(&calls, Some(5), Duration::ZERO))
+            .await
+            .unwrap(),
+        Row(1)
+    );
     let deadline = Instant::now() + Duration::from_secs(2);
-    while *a.get_or_compute("k", loader(&calls, Some(5), Duration::ZERO)).await.unwrap() != Row(5) {
-        assert!(Instant::now() < deadline, "recovered loader never refreshed");
+    while *a
+        .get_or_compute("k", loader(&calls, Some(5), Duration::ZERO))
+        .await
+        .unwrap()
+        != Row(5)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "recovered loader never refreshed"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -122,20 +192,35 @@ async fn failing_loader_serves_stale_and_throttles_retries_fleet_wide() {
 #[tokio::test(flavor = "multi_thread")]
 async fn soft_timeout_answers_stale_and_the_load_fills_later() {
     let server = RedisServer::start();
-    let a = builder(&server).soft_timeout(Duration::from_millis(50)).build().await.unwrap();
+    let a = builder(&server)
+        .soft_timeout(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
-    a.get_or_compute("k", loader(&calls, Some(1), Duration::ZERO)).await.unwrap();
+    a.get_or_compute("k", loader(&calls, Some(1), Duration::ZERO))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
     // A fast refresh within the soft timeout is returned fresh.
-    let v = a.get_or_compute("k", loader(&calls, Some(2), Duration::from_millis(5))).await.unwrap();
+    let v = a
+        .get_or_compute("k", loader(&calls, Some(2), Duration::from_millis(5)))
+        .await
+        .unwrap();
     assert_eq!(*v, Row(2));
     tokio::time::sleep(Duration::from_millis(250)).await;
     // A slow one: stale after ~50 ms, and the value fills in the background.
     let t0 = Instant::now();
-    let v = a.get_or_compute("k", loader(&calls, Some(3), Duration::from_millis(300))).await.unwrap();
+    let v = a
+        .get_or_compute("k", loader(&calls, Some(3), Duration::from_millis(300)))
+        .await
+        .unwrap();
     let waited = t0.elapsed();
     assert_eq!(*v, Row(2));
-    assert!(waited >= Duration::from_millis(45) && waited < Duration::from_millis(250), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(45) && waited < Duration::from_millis(250),
+        "{waited:?}"
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(a.get("k").await.unwrap().as_deref(), Some(&Row(3)));
 }
@@ -144,19 +229,34 @@ async fn soft_timeout_answers_stale_and_the_load_fills_later() {
 async fn hard_timeout_bounds_the_caller_and_frees_the_key() {
     let server = RedisServer::start();
     let mut con = server.connection();
-    let a = builder(&server).load_timeout(Duration::from_millis(150)).build().await.unwrap();
+    let a = builder(&server)
+        .load_timeout(Duration::from_millis(150))
+        .build()
+        .await
+        .unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     // Nothing stale: a typed timeout error, quickly.
     let t0 = Instant::now();
-    let e = a.get_or_compute("hang", loader(&calls, Some(1), Duration::from_secs(30))).await.unwrap_err();
+    let e = a
+        .get_or_compute("hang", loader(&calls, Some(1), Duration::from_secs(30)))
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::LoadTimeout);
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
-    let lock: bool = redis::cmd("EXISTS").arg("hc:{fs:hang}:l").query(&mut con).unwrap();
+    let lock: bool = redis::cmd("EXISTS")
+        .arg("hc:{fs:hang}:l")
+        .query(&mut con)
+        .unwrap();
     assert!(!lock, "lock released after the hard timeout");
     // Something stale: served, instead of an error.
-    a.get_or_compute("k", loader(&calls, Some(1), Duration::ZERO)).await.unwrap();
+    a.get_or_compute("k", loader(&calls, Some(1), Duration::ZERO))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let v = a.get_or_compute("k", loader(&calls, Some(2), Duration::from_secs(30))).await.unwrap();
+    let v = a
+        .get_or_compute("k", loader(&calls, Some(2), Duration::from_secs(30)))
+        .await
+        .unwrap();
     assert_eq!(*v, Row(1));
 }
 
@@ -170,18 +270,28 @@ async fn redis_outage_fails_fast_serves_l1_and_recovers_by_itself() {
         .await
         .unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
-    a.get_or_compute("had", loader(&calls, Some(1), Duration::ZERO)).await.unwrap();
+    a.get_or_compute("had", loader(&calls, Some(1), Duration::ZERO))
+        .await
+        .unwrap();
     server.kill();
     // 100 misses on distinct keys: the breaker makes them skip Redis, so the
     // whole batch costs far less than 100 x redis_timeout.
     let t0 = Instant::now();
     for i in 0..100 {
-        let v = a.get_or_compute(&format!("new{i}"), loader(&calls, Some(i), Duration::ZERO)).await.unwrap();
+        let v = a
+            .get_or_compute(&format!("new{i}"), loader(&calls, Some(i), Duration::ZERO))
+            .await
+            .unwrap();
         assert_eq!(*v, Row(i));
     }
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     assert!(a.stats().breaker_rejections > 50, "{:?}", a.stats());
-    assert_eq!(*a.get_or_compute("had", loader(&calls, Some(9), Duration::ZERO)).await.unwrap(), Row(1));
+    assert_eq!(
+        *a.get_or_compute("had", loader(&calls, Some(9), Duration::ZERO))
+            .await
+            .unwrap(),
+        Row(1)
+    );
 
     server.restart();
     let back = Instant::now();

@@ -179,3 +179,166 @@ fn crashed_lock_holder_is_replaced_within_lock_ttl() {
         .unwrap();
     assert!(!lock && value, "lock left: {lock}, value present: {value}");
 }
+
+/// Starts `procs` steady-load workers (released together), lets `during` run
+/// against the server while they work, and returns each worker's report.
+fn steady_run(
+    server: &mut RedisServer,
+    run: &str,
+    procs: usize,
+    extra: &[&str],
+    during: impl FnOnce(&mut RedisServer),
+) -> Vec<std::collections::HashMap<String, String>> {
+    let url = server.url();
+    let mut con = server.connection();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{run}:go"))
+        .arg(support::now_ms() + 300)
+        .query(&mut con)
+        .unwrap();
+    let children: Vec<_> = (0..procs)
+        .map(|_| {
+            Command::new(demo_bin())
+                .args(args(&url, run, &["--mode", "steady"]))
+                .args(extra)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    during(server);
+    for mut c in children {
+        assert!(c.wait().unwrap().success(), "worker failed");
+    }
+    let mut con = server.connection();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{run}:w:*"))
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(keys.len(), procs, "every worker reported");
+    keys.iter()
+        .map(|k| redis::cmd("HGETALL").arg(k).query(&mut con).unwrap())
+        .collect()
+}
+
+fn field(report: &std::collections::HashMap<String, String>, name: &str) -> u64 {
+    report[name].parse().unwrap()
+}
+
+#[test]
+fn redis_killed_for_five_seconds_under_load_fails_no_call_for_cached_keys() {
+    let mut server = RedisServer::start();
+    let mut restarted_at = 0;
+    let reports = steady_run(
+        &mut server,
+        "down",
+        4,
+        &[
+            "--tasks",
+            "8",
+            "--keys",
+            "20",
+            "--ttl-ms",
+            "60000",
+            "--loader-ms",
+            "2",
+            "--duration-ms",
+            "9000",
+            "--warmup-ms",
+            "300",
+        ],
+        |server| {
+            std::thread::sleep(Duration::from_millis(2000)); // warm: every key cached
+            server.kill();
+            std::thread::sleep(Duration::from_secs(5));
+            server.restart();
+            restarted_at = support::now_ms();
+        },
+    );
+    let mut served = 0;
+    for r in &reports {
+        println!("{r:?}");
+        assert_eq!(field(r, "errors"), 0, "first error: {}", r["first_error"]);
+        served += field(r, "served");
+        let recovered = field(r, "recovered_at");
+        assert!(
+            recovered >= restarted_at,
+            "canary saw Redis back before the restart?"
+        );
+        let gap = recovered - restarted_at;
+        println!("first successful Redis command {gap} ms after restart");
+        assert!(
+            gap <= 1000,
+            "Redis used again only {gap} ms after it came back"
+        );
+    }
+    assert!(served > 1000, "served {served}");
+}
+
+#[test]
+fn expiry_under_load_with_a_stale_window_refreshes_once_and_nobody_waits() {
+    const TTL_MS: u64 = 500;
+    const LOADER_MS: u64 = 50;
+    let mut server = RedisServer::start();
+    let ttl = TTL_MS.to_string();
+    let loader = LOADER_MS.to_string();
+    let reports = steady_run(
+        &mut server,
+        "exp",
+        4,
+        &[
+            "--tasks",
+            "8",
+            "--keys",
+            "1",
+            "--ttl-ms",
+            &ttl,
+            "--jitter-pct",
+            "0",
+            "--stale-ms",
+            "10000",
+            "--loader-ms",
+            &loader,
+            "--duration-ms",
+            "5000",
+            "--warmup-ms",
+            "300",
+        ],
+        |_| {},
+    );
+    let mut con = server.connection();
+    let mut times: Vec<u64> = redis::cmd("LRANGE")
+        .arg("exp:load_times")
+        .arg(0)
+        .arg(-1)
+        .query(&mut con)
+        .unwrap();
+    times.sort_unstable();
+    let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    println!("{} loads, gaps between loads (ms): {gaps:?}", times.len());
+    // One load per expiry: consecutive loads are a full TTL apart, never two
+    // for the same expiry.
+    assert!(
+        times.len() >= 8,
+        "expected ~9 refreshes in 5 s, got {}",
+        times.len()
+    );
+    assert!(
+        gaps.iter().all(|g| *g >= TTL_MS - 20),
+        "two loads for one expiry: {gaps:?}"
+    );
+    for r in &reports {
+        let (p999, max) = (field(r, "p999_us"), field(r, "max_us"));
+        println!(
+            "p50 {} us, p99.9 {p999} us, max {max} us ({:.1}x p99.9) {}",
+            r["p50_us"],
+            max as f64 / p999 as f64,
+            r["stats"]
+        );
+        assert_eq!(field(r, "errors"), 0);
+        assert!(
+            max < LOADER_MS * 1000,
+            "a request waited for the loader: {max} us"
+        );
+    }
+}

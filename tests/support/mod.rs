@@ -154,24 +154,39 @@ impl Drop for RedisServer {
 }
 
 /// The demo example's binary, which is also the multi-process worker the
-/// tests spawn. `cargo test` builds examples before running tests.
+/// tests spawn. Built here (a no-op when fresh), so that running one test
+/// target alone (`cargo test --test stampede`) never uses a stale worker.
 pub fn demo_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/examples/demo
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary lives in target/<profile>/deps");
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("demo{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test` (which builds examples), \
-         or `cargo build --examples` first",
-        bin.display()
-    );
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("current exe");
+            // target/<profile>/deps/<test> -> target/<profile>/examples/demo
+            let profile_dir = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("test binary lives in target/<profile>/deps");
+            let release = profile_dir.file_name().is_some_and(|n| n == "release");
+            let mut build = Command::new(env!("CARGO"));
+            build
+                .args(["build", "--quiet", "--example", "demo"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if release {
+                build.arg("--release");
+            }
+            let status = build.status().expect("run cargo to build the demo worker");
+            assert!(status.success(), "building the demo worker failed");
+            let bin = profile_dir
+                .join("examples")
+                .join(format!("demo{}", std::env::consts::EXE_SUFFIX));
+            assert!(
+                bin.exists(),
+                "{} is missing after building it",
+                bin.display()
+            );
+            bin
+        })
+        .clone()
 }
 
 pub fn now_ms() -> u64 {
