@@ -323,26 +323,9 @@ where
         );
         let flights = Arc::new(Flights::default());
         let waiters = Arc::new(Waiters::default());
-        let (l1, fl) = (local.clone(), flights.clone());
-        spawn_listener(
-            push_rx,
-            waiters.clone(),
-            Box::new(move |key: Option<&str>, voids: bool| match key {
-                Some(k) => {
-                    if voids {
-                        fl.void(k);
-                    }
-                    l1.remove(k);
-                }
-                None => l1.clear(),
-            }),
-            origin,
-            Arc::downgrade(&conn),
-            timeout,
-        );
-        Ok(Cache::from_inner(Inner {
+        let inner = Arc::new(Inner {
             remote: Remote::new(
-                conn,
+                conn.clone(),
                 layout,
                 origin,
                 timeout,
@@ -351,10 +334,27 @@ where
             ),
             local,
             flights,
-            waiters,
+            waiters: waiters.clone(),
             stats,
             config: self.config,
             codec: self.codec,
-        }))
+        });
+        // The listener holds the cache weakly: the cache owns the connection
+        // whose pushes feed the listener, so a strong reference would be a
+        // cycle that outlives every `Cache` handle.
+        let weak = Arc::downgrade(&inner);
+        spawn_listener(
+            push_rx,
+            waiters,
+            Box::new(move |event| {
+                if let Some(inner) = weak.upgrade() {
+                    inner.on_bus(event);
+                }
+            }),
+            origin,
+            Arc::downgrade(&conn),
+            timeout,
+        );
+        Ok(Cache::from_arc(inner))
     }
 }

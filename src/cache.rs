@@ -23,7 +23,7 @@ use crate::error::{Error, ErrorKind};
 use crate::keys::check_key;
 use crate::load::LoadFn;
 use crate::local::{Flight, Flights, Local};
-use crate::notify::Waiters;
+use crate::notify::{BusEvent, Waiters};
 use crate::remote::Remote;
 use crate::stats::{Counters, Stats};
 
@@ -80,10 +80,8 @@ where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
     C: Codec,
 {
-    pub(crate) fn from_inner(inner: Inner<V, C>) -> Self {
-        Cache {
-            inner: Arc::new(inner),
-        }
+    pub(crate) fn from_arc(inner: Arc<Inner<V, C>>) -> Self {
+        Cache { inner }
     }
 
     /// Returns the value of `key`, computing it with `loader` if neither tier
@@ -345,6 +343,33 @@ where
         }
         Counters::bump(&self.stats.stale_served);
         stale
+    }
+
+    /// Applies what another process did to this process's L1.
+    pub(crate) fn on_bus(&self, event: BusEvent<'_>) {
+        match event {
+            BusEvent::Filled { key, envelope } => {
+                // A small value rides in the notice: take it straight into
+                // L1, so neither callers nor woken waiters need another GET.
+                match envelope.map(|bytes| self.decode(bytes)) {
+                    Some(Ok(Decoded::Fresh(header, value))) => {
+                        self.local.insert(key, Arc::new(value), &header)
+                    }
+                    _ => self.local.remove(key),
+                }
+            }
+            BusEvent::Changed { key } => {
+                self.flights.void(key);
+                self.local.remove(key);
+            }
+            BusEvent::Reconnected => self.local.clear(),
+        }
+    }
+
+    /// A fresh L1 value, for a flight re-checking after a wake-up.
+    pub(crate) fn fresh_in_l1(&self, key: &str) -> Option<Arc<V>> {
+        let entry = self.local.get(key)?;
+        (Instant::now() < entry.fresh_until).then_some(entry.value)
     }
 
     pub(crate) fn redis_error(&self, op: &str, e: redis::RedisError) -> Error {

@@ -85,6 +85,10 @@ where
         let mut poll = cfg.poll_min;
         let mut waiting = false;
         loop {
+            // Woken by a fill notice that carried the value: it is in L1.
+            if waiting && let Some(value) = self.fresh_in_l1(key) {
+                return Ok(value);
+            }
             // Register for the fill notice *before* reading Redis: a fill that
             // lands between the read and the sleep below still wakes us.
             let watch = self.waiters.watch(key);

@@ -13,8 +13,11 @@
 //! *not* flushed at the disconnect itself: while Redis is unreachable, L1 is
 //! what keeps serving (fail-safe), and nobody can change Redis through us.
 //!
-//! A notice is `[kind][origin: 8 bytes LE][key]`; `origin` identifies the
-//! cache instance that sent it, so a process ignores its own change notices.
+//! A notice is `[kind][origin: u64 LE][key length: u32 LE][key][envelope]`.
+//! `origin` identifies the cache instance that sent it, so a process ignores
+//! its own notices. A fill notice carries the value's envelope when it is
+//! small (`INLINE_MAX`): other processes then put the new value straight
+//! into L1 and their waiters wake with it in hand, with no second GET.
 
 use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value};
@@ -55,41 +58,66 @@ impl NoticeKind {
     }
 }
 
+/// Envelopes up to this size ride inside fill notices.
+pub(crate) const INLINE_MAX: usize = 16 * 1024;
+
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Notice<'a> {
     pub(crate) kind: NoticeKind,
     pub(crate) origin: u64,
     pub(crate) key: &'a str,
+    /// The filled value's envelope, when small enough to inline.
+    pub(crate) envelope: Option<&'a [u8]>,
 }
 
 impl<'a> Notice<'a> {
-    pub(crate) fn encode(kind: NoticeKind, origin: u64, key: &str) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9 + key.len());
+    pub(crate) fn encode(kind: NoticeKind, origin: u64, key: &str, envelope: &[u8]) -> Vec<u8> {
+        let inline = if envelope.len() <= INLINE_MAX {
+            envelope
+        } else {
+            &[]
+        };
+        let mut out = Vec::with_capacity(13 + key.len() + inline.len());
         out.push(kind.byte());
         out.extend_from_slice(&origin.to_le_bytes());
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
         out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(inline);
         out
     }
 
     pub(crate) fn decode(bytes: &'a [u8]) -> Option<Self> {
         let (&kind, rest) = bytes.split_first()?;
-        if rest.len() < 8 {
-            return None;
-        }
-        let (origin, key) = rest.split_at(8);
+        let origin = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+        let key_len = u32::from_le_bytes(rest.get(8..12)?.try_into().ok()?) as usize;
+        let key = rest.get(12..12 + key_len)?;
+        let envelope = &rest[12 + key_len..];
         Some(Notice {
             kind: NoticeKind::from_byte(kind)?,
-            origin: u64::from_le_bytes(origin.try_into().ok()?),
+            origin,
             key: std::str::from_utf8(key).ok()?,
+            envelope: (!envelope.is_empty()).then_some(envelope),
         })
     }
 }
 
-/// Drops one key (`Some`) or everything (`None`) from L1; the flag says
-/// whether a local load in flight for the key must be voided too (a `set` or
-/// `invalidate` elsewhere, not a fill). A boxed callback so the bus need not
-/// know the value type.
-pub(crate) type DropLocal = Box<dyn Fn(Option<&str>, bool) + Send + Sync>;
+/// What the bus tells the cache about other processes.
+#[derive(Debug)]
+pub(crate) enum BusEvent<'a> {
+    /// Another process filled `key`; `envelope` is the value when inlined.
+    Filled {
+        key: &'a str,
+        envelope: Option<&'a [u8]>,
+    },
+    /// Another process set or invalidated `key`.
+    Changed { key: &'a str },
+    /// The connection is back after a disconnect: notices may have been lost.
+    Reconnected,
+}
+
+/// Applies a [`BusEvent`] to L1. A boxed callback so the bus need not know
+/// the value type.
+pub(crate) type OnEvent = Box<dyn Fn(BusEvent<'_>) + Send + Sync>;
 
 /// Local registry of keys some flight of this process is waiting on.
 #[derive(Default)]
@@ -157,12 +185,13 @@ impl Drop for Watch {
 }
 
 /// Applies pushes from the connection until the connection manager is gone.
-/// L1 is dropped *before* waiters are woken, so a woken waiter's fresh L1
-/// insert is never undone by the notice that woke it.
+/// L1 is updated *before* waiters are woken, so a woken waiter finds the new
+/// value there, and its own L1 insert is never undone by the notice that
+/// woke it.
 pub(crate) fn spawn_listener(
     mut pushes: mpsc::UnboundedReceiver<PushInfo>,
     waiters: Arc<Waiters>,
-    drop_local: DropLocal,
+    on_event: OnEvent,
     origin: u64,
     conn: Weak<ConnectionManager>,
     timeout: Duration,
@@ -177,8 +206,15 @@ pub(crate) fn spawn_listener(
                     let Some(notice) = Notice::decode(payload) else {
                         continue;
                     };
-                    if notice.origin != origin && notice.kind != NoticeKind::Released {
-                        drop_local(Some(notice.key), notice.kind == NoticeKind::Changed);
+                    if notice.origin != origin {
+                        match notice.kind {
+                            NoticeKind::Filled => on_event(BusEvent::Filled {
+                                key: notice.key,
+                                envelope: notice.envelope,
+                            }),
+                            NoticeKind::Changed => on_event(BusEvent::Changed { key: notice.key }),
+                            NoticeKind::Released => {}
+                        }
                     }
                     if notice.kind != NoticeKind::Changed {
                         waiters.wake(notice.key);
@@ -196,7 +232,7 @@ pub(crate) fn spawn_listener(
                         drop(conn);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    drop_local(None, false);
+                    on_event(BusEvent::Reconnected);
                     waiters.wake_all();
                 }
                 _ => {}
@@ -211,18 +247,29 @@ mod tests {
 
     #[test]
     fn notices_round_trip() {
-        let bytes = Notice::encode(NoticeKind::Filled, 0xdead_beef, "k:1}{");
+        let bytes = Notice::encode(NoticeKind::Filled, 0xdead_beef, "k:1}{", b"env");
         let n = Notice::decode(&bytes).unwrap();
         assert_eq!(
             n,
             Notice {
                 kind: NoticeKind::Filled,
                 origin: 0xdead_beef,
-                key: "k:1}{"
+                key: "k:1}{",
+                envelope: Some(b"env"),
             }
         );
-        assert!(Notice::decode(b"x12345678k").is_none());
+        let big = vec![7u8; INLINE_MAX + 1];
+        let n2 = Notice::encode(NoticeKind::Filled, 1, "k", &big);
+        assert_eq!(
+            Notice::decode(&n2).unwrap().envelope,
+            None,
+            "large values are not inlined"
+        );
+        assert!(Notice::decode(b"x12345678\x01\0\0\0k").is_none());
         assert!(Notice::decode(b"f123").is_none());
+        let mut short = Notice::encode(NoticeKind::Changed, 1, "key", &[]);
+        short.truncate(14);
+        assert!(Notice::decode(&short).is_none(), "truncated key");
     }
 
     #[test]

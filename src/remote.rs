@@ -102,8 +102,8 @@ impl Remote {
         self.layout.keys(key)
     }
 
-    fn notice(&self, kind: NoticeKind, key: &str) -> Vec<u8> {
-        Notice::encode(kind, self.origin, key)
+    fn notice(&self, kind: NoticeKind, key: &str, envelope: &[u8]) -> Vec<u8> {
+        Notice::encode(kind, self.origin, key, envelope)
     }
 
     pub(crate) async fn get(&self, keys: &RedisKeys) -> RedisResult<Option<Vec<u8>>> {
@@ -199,7 +199,7 @@ impl Remote {
                 .arg(envelope)
                 .arg(ms(px))
                 .arg(self.layout.channel())
-                .arg(self.notice(NoticeKind::Filled, key))
+                .arg(self.notice(NoticeKind::Filled, key, envelope))
                 .invoke_async(&mut ConnectionManager::clone(&self.conn))
                 .await?;
             Ok(n == 1)
@@ -218,7 +218,7 @@ impl Remote {
                 .key(&keys.lock)
                 .arg(token)
                 .arg(self.layout.channel())
-                .arg(self.notice(NoticeKind::Released, key))
+                .arg(self.notice(NoticeKind::Released, key, &[]))
                 .invoke_async(&mut ConnectionManager::clone(&self.conn))
                 .await?;
             Ok(n == 1)
@@ -240,7 +240,7 @@ impl Remote {
                 .arg(envelope)
                 .arg(ms(px))
                 .arg(self.layout.channel())
-                .arg(self.notice(NoticeKind::Changed, key))
+                .arg(self.notice(NoticeKind::Changed, key, &[]))
                 .invoke_async(&mut ConnectionManager::clone(&self.conn))
                 .await?;
             Ok(())
@@ -254,7 +254,7 @@ impl Remote {
                 .key(&keys.value)
                 .key(&keys.lock)
                 .arg(self.layout.channel())
-                .arg(self.notice(NoticeKind::Changed, key))
+                .arg(self.notice(NoticeKind::Changed, key, &[]))
                 .invoke_async(&mut ConnectionManager::clone(&self.conn))
                 .await?;
             Ok(())

@@ -15,12 +15,20 @@ fn args(url: &str, run: &str, extra: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// The machine has 2 cores: multi-process tests run one at a time, so their
+/// timing claims measure herdcache, not each other.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn get_u64(con: &mut redis::Connection, key: &str) -> Option<u64> {
     redis::cmd("GET").arg(key).query(con).unwrap()
 }
 
 #[test]
 fn cold_key_stampede_across_four_processes_loads_once() {
+    let _serial = serial();
     let server = RedisServer::start();
     let url = server.url();
     let worker = args(
@@ -52,6 +60,7 @@ fn cold_key_stampede_across_four_processes_loads_once() {
 
 #[test]
 fn plain_cache_aside_baseline_stampedes() {
+    let _serial = serial();
     // The control for the test above: same workers, no herdcache. If this
     // ever loads once, the stampede test above proves nothing.
     let server = RedisServer::start();
@@ -72,6 +81,7 @@ fn plain_cache_aside_baseline_stampedes() {
 
 #[test]
 fn crashed_lock_holder_is_replaced_within_lock_ttl() {
+    let _serial = serial();
     const LOCK_TTL_MS: u64 = 1_000;
     let server = RedisServer::start();
     let url = server.url();
@@ -227,6 +237,7 @@ fn field(report: &std::collections::HashMap<String, String>, name: &str) -> u64 
 
 #[test]
 fn redis_killed_for_five_seconds_under_load_fails_no_call_for_cached_keys() {
+    let _serial = serial();
     let mut server = RedisServer::start();
     let mut restarted_at = 0;
     let reports = steady_run(
@@ -277,6 +288,7 @@ fn redis_killed_for_five_seconds_under_load_fails_no_call_for_cached_keys() {
 
 #[test]
 fn expiry_under_load_with_a_stale_window_refreshes_once_and_nobody_waits() {
+    let _serial = serial();
     const TTL_MS: u64 = 500;
     const LOADER_MS: u64 = 50;
     let mut server = RedisServer::start();
