@@ -234,6 +234,11 @@ where
     /// the key in flight anywhere (its late fill is refused), and tells other
     /// processes to drop their L1 copy.
     ///
+    /// # Cancel safety
+    /// The key leaves this process's L1 before the write is sent, so a
+    /// dropped call leaves either the old value in Redis or the new one, and
+    /// L1 re-reads whichever it is.
+    ///
     /// # Errors
     /// [`ErrorKind::ValueTooLarge`] or [`ErrorKind::Encode`] before anything
     /// is written; [`ErrorKind::Redis`] if the write fails or Redis is marked
@@ -245,6 +250,10 @@ where
         let header = inner.header(Duration::ZERO);
         let (envelope, px) = inner.encode(&value, &header)?;
         let keys = inner.remote.keys(key);
+        // Drop our copy first: if this future is dropped mid-write, L1 must
+        // not keep a value Redis may already have replaced.
+        inner.flights.void(key);
+        inner.local.remove(key);
         let written = inner.remote.set(key, &keys, &envelope, px).await;
         // Void after the write: a local load that read Redis before it must
         // not put its older value into L1 afterwards.
@@ -265,6 +274,9 @@ where
     /// (a loader that read the old row cannot write it back), and tells other
     /// processes to drop their L1 copy.
     ///
+    /// # Cancel safety
+    /// As for [`set`](Self::set): the key leaves L1 before the delete is sent.
+    ///
     /// # Errors
     /// [`ErrorKind::Redis`] if Redis fails or is marked down; the key is
     /// dropped from this process's L1 regardless.
@@ -272,6 +284,8 @@ where
         check_key(key)?;
         let inner = &self.inner;
         let keys = inner.remote.keys(key);
+        inner.flights.void(key);
+        inner.local.remove(key);
         let done = inner.remote.invalidate(key, &keys).await;
         inner.flights.void(key);
         inner.local.remove(key);
