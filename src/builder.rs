@@ -355,6 +355,11 @@ where
             Arc::downgrade(&conn),
             timeout,
         );
+        inner
+            .remote
+            .sync_generation()
+            .await
+            .map_err(|e| Error::redis("read namespace generation", e))?;
         Ok(Cache::from_arc(inner))
     }
 }

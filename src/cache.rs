@@ -292,6 +292,41 @@ where
         done.map_err(|e| inner.redis_error("invalidate", e))
     }
 
+    /// [`invalidate`](Self::invalidate) for many keys at once: the
+    /// commands are sent together on the one connection (pipelined), so this
+    /// costs about one round trip, not one per key.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidKey`] before anything is sent; else the first
+    /// [`ErrorKind::Redis`] error, after every key was attempted (and dropped
+    /// from this process's L1).
+    pub async fn invalidate_many<K: AsRef<str>>(&self, keys: &[K]) -> Result<(), Error> {
+        for k in keys {
+            check_key(k.as_ref())?;
+        }
+        let results =
+            futures_util::future::join_all(keys.iter().map(|k| self.invalidate(k.as_ref()))).await;
+        results.into_iter().collect()
+    }
+
+    /// Empties the whole namespace for every process, in O(1): the namespace
+    /// moves to a new generation (one `INCR`), so no old key is read again;
+    /// old keys expire with their TTL. No KEYS or SCAN. Loads in flight are
+    /// voided; other processes drop their L1 when the notice reaches them.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Redis`] if Redis fails; this process's L1 is emptied
+    /// regardless.
+    pub async fn clear(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        inner.flights.void_all();
+        inner.local.clear();
+        let done = inner.remote.clear().await;
+        inner.flights.void_all();
+        inner.local.clear();
+        done.map(|_| ()).map_err(|e| inner.redis_error("clear", e))
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         self.inner.stats.snapshot()
@@ -360,7 +395,7 @@ where
     }
 
     /// Applies what another process did to this process's L1.
-    pub(crate) fn on_bus(&self, event: BusEvent<'_>) {
+    pub(crate) fn on_bus(self: &Arc<Self>, event: BusEvent<'_>) {
         match event {
             BusEvent::Filled { key, envelope } => {
                 // A small value rides in the notice: take it straight into
@@ -376,7 +411,21 @@ where
                 self.flights.void(key);
                 self.local.remove(key);
             }
-            BusEvent::Reconnected => self.local.clear(),
+            BusEvent::Cleared { generation } => {
+                self.remote.advance_generation(generation);
+                self.flights.void_all();
+                self.local.clear();
+            }
+            BusEvent::Reconnected => {
+                self.local.clear();
+                // A `clear()` may have been missed too: re-read the generation.
+                let inner = self.clone();
+                tokio::spawn(async move {
+                    if inner.remote.sync_generation().await.is_ok() {
+                        inner.local.clear();
+                    }
+                });
+            }
         }
     }
 

@@ -6,12 +6,21 @@
 //! first `{` to the first `}` after it; the first `{` is always ours, so a `}`
 //! inside the user key only shortens the tag — identically for both keys —
 //! and every user key still maps to distinct Redis keys (the suffix is fixed).
-//! A namespace with a brace could make the tag empty or split it, so it is
-//! refused.
+//! A namespace with a brace could make the tag empty or split it, and one
+//! with a colon could make two namespaces' keys collide (`a:1` + `x` versus
+//! `a` + `1:x`), so both are refused.
+//!
+//! `clear()` moves a namespace to a new *generation* instead of deleting its
+//! keys (no KEYS, no SCAN): generation 0 uses the layout above, generation
+//! `n > 0` prefixes it as `hc:g<n>:{<ns>:<key>}:v`. Keys of old generations
+//! are never read again and expire with their TTL. The counter lives at
+//! `hc:gen:<ns>`.
 //!
 //! Notices travel on one channel per namespace, `hc:bus:<ns>`, rather than
 //! one per key: each process subscribes once when the cache is built, so
 //! waiting for a fill costs no SUBSCRIBE round trip.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::error::{Error, ErrorKind};
 
@@ -22,10 +31,12 @@ pub const MAX_KEY_LEN: usize = 4096;
 /// Longest accepted namespace, in bytes.
 pub const MAX_NAMESPACE_LEN: usize = 256;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Layout {
-    prefix: String,
+    namespace: String,
     channel: String,
+    generation_key: String,
+    generation: AtomicU64,
 }
 
 /// The Redis keys of one cache key.
@@ -43,18 +54,30 @@ impl Layout {
                 format!("namespace must be 1 to {MAX_NAMESPACE_LEN} bytes"),
             ));
         }
-        if namespace.contains(['{', '}']) {
+        if namespace.contains(['{', '}', ':']) {
             return Err(Error::new(
                 ErrorKind::Config,
                 format!(
-                    "namespace {namespace:?} contains a brace, which would break the Redis Cluster hash tag"
+                    "namespace {namespace:?} contains `{{`, `}}` or `:`, which would break \
+                     the Redis Cluster hash tag or let two namespaces' keys collide"
                 ),
             ));
         }
         Ok(Layout {
-            prefix: format!("hc:{{{namespace}:"),
+            namespace: namespace.to_owned(),
             channel: format!("hc:bus:{namespace}"),
+            generation_key: format!("hc:gen:{namespace}"),
+            generation: AtomicU64::new(0),
         })
+    }
+
+    pub(crate) fn generation_key(&self) -> &str {
+        &self.generation_key
+    }
+
+    /// Moves to generation `g` if it is newer; true if it moved.
+    pub(crate) fn advance_generation(&self, g: u64) -> bool {
+        self.generation.fetch_max(g, Relaxed) < g
     }
 
     pub(crate) fn channel(&self) -> &str {
@@ -62,8 +85,16 @@ impl Layout {
     }
 
     pub(crate) fn keys(&self, key: &str) -> RedisKeys {
-        let mut value = String::with_capacity(self.prefix.len() + key.len() + 3);
-        value.push_str(&self.prefix);
+        use std::fmt::Write;
+        let mut value = String::with_capacity(self.namespace.len() + key.len() + 16);
+        match self.generation.load(Relaxed) {
+            0 => value.push_str("hc:{"),
+            g => {
+                let _ = write!(value, "hc:g{g}:{{");
+            }
+        }
+        value.push_str(&self.namespace);
+        value.push(':');
         value.push_str(key);
         value.push_str("}:");
         let mut lock = value.clone();
@@ -129,8 +160,18 @@ mod tests {
     }
 
     #[test]
+    fn generations_prefix_keys_and_only_move_forward() {
+        let layout = Layout::new("ns").unwrap();
+        assert!(layout.advance_generation(3));
+        assert!(!layout.advance_generation(2));
+        let k = layout.keys("a");
+        assert_eq!(k.value, "hc:g3:{ns:a}:v");
+        assert_eq!(hash_tag(&k.value), hash_tag(&k.lock));
+    }
+
+    #[test]
     fn bad_namespaces_and_keys_are_refused() {
-        for ns in ["", "a{b", "a}b", "{}"] {
+        for ns in ["", "a{b", "a}b", "{}", "a:b"] {
             assert_eq!(Layout::new(ns).unwrap_err().kind(), ErrorKind::Config);
         }
         assert!(check_key(&"k".repeat(MAX_KEY_LEN)).is_ok());

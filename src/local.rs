@@ -224,6 +224,14 @@ impl<V> Flights<V> {
         }
     }
 
+    /// Voids every load in flight (the namespace was cleared).
+    pub(crate) fn void_all(&self) {
+        let all: Vec<_> = self.map.lock().expect("flights lock").drain().collect();
+        for (_, f) in all {
+            *f.voided.lock().expect("voided lock") = true;
+        }
+    }
+
     /// Voids the load of `key`, if any, and detaches it so the next caller
     /// starts a new one.
     pub(crate) fn void(&self, key: &str) {

@@ -37,6 +37,8 @@ pub(crate) enum NoticeKind {
     Changed,
     /// A lock was released with no value (failed load): waiters retry.
     Released,
+    /// `clear()`: a new generation (its number is the notice's tail).
+    Cleared,
 }
 
 impl NoticeKind {
@@ -45,6 +47,7 @@ impl NoticeKind {
             NoticeKind::Filled => b'f',
             NoticeKind::Changed => b'c',
             NoticeKind::Released => b'r',
+            NoticeKind::Cleared => b'g',
         }
     }
 
@@ -53,6 +56,7 @@ impl NoticeKind {
             b'f' => Some(NoticeKind::Filled),
             b'c' => Some(NoticeKind::Changed),
             b'r' => Some(NoticeKind::Released),
+            b'g' => Some(NoticeKind::Cleared),
             _ => None,
         }
     }
@@ -111,6 +115,8 @@ pub(crate) enum BusEvent<'a> {
     },
     /// Another process set or invalidated `key`.
     Changed { key: &'a str },
+    /// Another process cleared the namespace: generation `generation` began.
+    Cleared { generation: u64 },
     /// The connection is back after a disconnect: notices may have been lost.
     Reconnected,
 }
@@ -214,10 +220,21 @@ pub(crate) fn spawn_listener(
                             }),
                             NoticeKind::Changed => on_event(BusEvent::Changed { key: notice.key }),
                             NoticeKind::Released => {}
+                            NoticeKind::Cleared => {
+                                let generation = notice
+                                    .envelope
+                                    .and_then(|g| std::str::from_utf8(g).ok())
+                                    .and_then(|g| g.parse().ok());
+                                if let Some(generation) = generation {
+                                    on_event(BusEvent::Cleared { generation });
+                                }
+                            }
                         }
                     }
-                    if notice.kind != NoticeKind::Changed {
-                        waiters.wake(notice.key);
+                    match notice.kind {
+                        NoticeKind::Filled | NoticeKind::Released => waiters.wake(notice.key),
+                        NoticeKind::Cleared => waiters.wake_all(),
+                        NoticeKind::Changed => {}
                     }
                 }
                 PushKind::Disconnection => {

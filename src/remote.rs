@@ -102,6 +102,40 @@ impl Remote {
         self.layout.keys(key)
     }
 
+    pub(crate) fn advance_generation(&self, g: u64) -> bool {
+        self.layout.advance_generation(g)
+    }
+
+    /// Reads the namespace generation from Redis and moves to it.
+    pub(crate) async fn sync_generation(&self) -> RedisResult<()> {
+        let g: Option<u64> = self
+            .call(async {
+                redis::cmd("GET")
+                    .arg(self.layout.generation_key())
+                    .query_async(&mut ConnectionManager::clone(&self.conn))
+                    .await
+            })
+            .await?;
+        self.layout.advance_generation(g.unwrap_or(0));
+        Ok(())
+    }
+
+    /// Starts a new generation; returns it.
+    pub(crate) async fn clear(&self) -> RedisResult<u64> {
+        let g: u64 = self
+            .call(async {
+                scripts::CLEAR
+                    .key(self.layout.generation_key())
+                    .arg(self.layout.channel())
+                    .arg(self.notice(NoticeKind::Cleared, "", &[]))
+                    .invoke_async(&mut ConnectionManager::clone(&self.conn))
+                    .await
+            })
+            .await?;
+        self.layout.advance_generation(g);
+        Ok(g)
+    }
+
     fn notice(&self, kind: NoticeKind, key: &str, envelope: &[u8]) -> Vec<u8> {
         Notice::encode(kind, self.origin, key, envelope)
     }

@@ -94,3 +94,17 @@ return 1
 ",
     )
 });
+
+/// `clear`: moves the namespace to a new generation and announces it. The
+/// notice is the prefix in ARGV[2] followed by the new generation number.
+/// KEYS: generation counter. ARGV: channel, notice prefix. Returns the
+/// new generation.
+pub(crate) static CLEAR: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local g = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. g)
+return g
+",
+    )
+});

@@ -1,0 +1,184 @@
+//! Invalidation that sticks, against a real redis-server. Separately built
+//! caches have their own connections, L1s and origins: to Redis and to each
+//! other they are separate processes.
+
+mod support;
+
+use herdcache::Cache;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+use support::RedisServer;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Row {
+    version: u64,
+}
+
+async fn cache(server: &RedisServer) -> Cache<Row> {
+    Cache::builder("inv")
+        .redis_url(server.url())
+        .build()
+        .await
+        .unwrap()
+}
+
+/// The "database": a version counter in Redis under another prefix.
+async fn db_version(url: &str) -> u64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("GET")
+        .arg("db:row")
+        .query_async::<Option<u64>>(&mut con)
+        .await
+        .unwrap()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_loader_that_read_the_old_row_cannot_write_it_back() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut db = server.connection();
+    let _: () = redis::cmd("SET")
+        .arg("db:row")
+        .arg(1)
+        .query(&mut db)
+        .unwrap();
+    let (reader, writer) = (cache(&server).await, cache(&server).await);
+
+    // The reader's loader reads version 1, then stalls.
+    let slow = tokio::spawn({
+        let (reader, url) = (reader.clone(), url.clone());
+        async move {
+            reader
+                .get_or_compute("row", move || async move {
+                    let version = db_version(&url).await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, std::io::Error>(Row { version })
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Meanwhile the row is updated, then invalidated.
+    let _: () = redis::cmd("SET")
+        .arg("db:row")
+        .arg(2)
+        .query(&mut db)
+        .unwrap();
+    writer.invalidate("row").await.unwrap();
+    // The slow loader finishes with the old row…
+    assert_eq!(slow.await.unwrap().unwrap().version, 1);
+    // …which is neither in Redis nor in the reader's L1.
+    let raw: Option<Vec<u8>> = redis::cmd("GET")
+        .arg("hc:{inv:row}:v")
+        .query(&mut db)
+        .unwrap();
+    assert!(raw.is_none(), "the voided fill reached Redis");
+    assert_eq!(
+        reader.get("row").await.unwrap(),
+        None,
+        "old row in the reader's L1"
+    );
+    assert_eq!(reader.stats().lease_lost, 1);
+    let fresh = cache(&server).await;
+    let v = fresh
+        .get_or_compute("row", move || async move {
+            Ok::<_, std::io::Error>(Row {
+                version: db_version(&url).await,
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(v.version, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn l1_copies_in_other_processes_are_dropped_within_milliseconds() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server).await, cache(&server).await);
+    let mut lags = Vec::new();
+    for version in 1..=200u64 {
+        a.set("k", Row { version }).await.unwrap();
+        let t0 = Instant::now();
+        // b holds the previous version in L1 until a's notice arrives.
+        loop {
+            if b.get("k").await.unwrap().map(|r| r.version) == Some(version) {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "b never saw version {version}"
+            );
+            tokio::task::yield_now().await;
+        }
+        lags.push(t0.elapsed());
+    }
+    lags.sort();
+    let p50 = lags[lags.len() / 2];
+    let p99 = lags[lags.len() * 99 / 100];
+    println!(
+        "L1 invalidation reached the other cache: p50 {p50:?}, p99 {p99:?}, max {:?}",
+        lags.last().unwrap()
+    );
+    assert!(p99 <= Duration::from_millis(5), "p99 {p99:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalidate_many_and_clear_empty_every_process() {
+    let server = RedisServer::start();
+    let mut con = server.connection();
+    let (a, b) = (cache(&server).await, cache(&server).await);
+    let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        a.set(k, Row { version: i as u64 }).await.unwrap();
+        assert!(b.get(k).await.unwrap().is_some()); // now in b's L1
+    }
+    a.invalidate_many(&keys[..50]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for k in &keys[..50] {
+        while b.get(k).await.unwrap().is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "{k} survived invalidate_many in b"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+    assert!(b.get("k60").await.unwrap().is_some());
+
+    let commands_before: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut con)
+        .unwrap();
+    a.clear().await.unwrap();
+    let commands_after: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut con)
+        .unwrap();
+    for stats in [&commands_before, &commands_after] {
+        assert!(
+            !stats.contains("cmdstat_keys:") && !stats.contains("cmdstat_scan:"),
+            "clear used KEYS/SCAN"
+        );
+    }
+    assert_eq!(a.get("k60").await.unwrap(), None);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while b.get("k60").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "k60 survived clear in b");
+        tokio::task::yield_now().await;
+    }
+    // The namespace works as before, in the new generation, for new caches too.
+    b.set("k60", Row { version: 7 }).await.unwrap();
+    assert_eq!(
+        a.get("k60").await.unwrap(),
+        Some(std::sync::Arc::new(Row { version: 7 }))
+    );
+    let c = cache(&server).await;
+    assert_eq!(
+        c.get("k61").await.unwrap(),
+        None,
+        "a cache built after clear sees the new generation"
+    );
+    assert_eq!(c.get("k60").await.unwrap().map(|r| r.version), Some(7));
+}
