@@ -230,6 +230,102 @@ where
         }
     }
 
+    /// [`get`](Self::get) for many keys: L1 first, then **one** `MGET` round
+    /// trip for the rest. Results are in the order of `keys`.
+    ///
+    /// Note: on Redis Cluster the keys of one `MGET` must share a slot; this
+    /// crate's connection is a standalone `ConnectionManager`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidKey`] before anything is sent; [`ErrorKind::Redis`]
+    /// if some key is not in L1 and Redis fails.
+    pub async fn get_many<K: AsRef<str>>(&self, keys: &[K]) -> Result<Vec<Option<Arc<V>>>, Error> {
+        let inner = &self.inner;
+        let mut out = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let k = k.as_ref();
+            check_key(k)?;
+            match inner.local.get(k) {
+                Some(entry) if Instant::now() < entry.fresh_until => {
+                    Counters::bump(&inner.stats.l1_hits);
+                    out.push(Some(entry.value));
+                }
+                _ => {
+                    out.push(None);
+                    missing.push(i);
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let redis_keys: Vec<_> = missing
+            .iter()
+            .map(|&i| inner.remote.keys(keys[i].as_ref()))
+            .collect();
+        let values = inner
+            .remote
+            .mget(&redis_keys)
+            .await
+            .map_err(|e| inner.redis_error("MGET", e))?;
+        for (&i, bytes) in missing.iter().zip(values) {
+            match bytes.map(|b| inner.decode(&b)) {
+                Some(Ok(Decoded::Fresh(header, value))) => {
+                    Counters::bump(&inner.stats.l2_hits);
+                    let value = Arc::new(value);
+                    inner.local.insert(keys[i].as_ref(), value.clone(), &header);
+                    out[i] = Some(value);
+                }
+                _ => Counters::bump(&inner.stats.misses),
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`get_or_compute`](Self::get_or_compute) for many keys: one `MGET`
+    /// for what L1 lacks, then the usual one-rebuild-per-key protocol,
+    /// concurrently, for each key still missing (`loader(key)` builds it).
+    ///
+    /// # Errors
+    /// As [`get_or_compute`](Self::get_or_compute), the first error among
+    /// the keys; a Redis failure of the `MGET` falls through to the per-key
+    /// path (which falls back to the loader).
+    pub async fn get_or_compute_many<K, F, Fut, E>(
+        &self,
+        keys: &[K],
+        loader: F,
+    ) -> Result<Vec<Arc<V>>, Error>
+    where
+        K: AsRef<str>,
+        F: Fn(String) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let found = match self.get_many(keys).await {
+            Ok(found) => found,
+            Err(e) if e.kind() == ErrorKind::Redis => vec![None; keys.len()],
+            Err(e) => return Err(e),
+        };
+        let loads = found.into_iter().zip(keys).map(|(hit, key)| {
+            let loader = loader.clone();
+            let key = key.as_ref().to_owned();
+            async move {
+                match hit {
+                    Some(value) => Ok(value),
+                    None => {
+                        let k = key.clone();
+                        self.get_or_compute(&key, move || loader(k)).await
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(loads)
+            .await
+            .into_iter()
+            .collect()
+    }
+
     /// Writes `value` to Redis and L1 (write-through), voiding any load of
     /// the key in flight anywhere (its late fill is refused), and tells other
     /// processes to drop their L1 copy.

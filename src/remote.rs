@@ -150,6 +150,19 @@ impl Remote {
         .await
     }
 
+    /// One MGET for many value keys.
+    pub(crate) async fn mget(&self, keys: &[RedisKeys]) -> RedisResult<Vec<Option<Vec<u8>>>> {
+        self.call(async {
+            let mut cmd = redis::cmd("MGET");
+            for k in keys {
+                cmd.arg(&k.value);
+            }
+            cmd.query_async(&mut ConnectionManager::clone(&self.conn))
+                .await
+        })
+        .await
+    }
+
     pub(crate) async fn get_or_lock(
         &self,
         keys: &RedisKeys,

@@ -182,3 +182,62 @@ async fn invalidate_many_and_clear_empty_every_process() {
     );
     assert_eq!(c.get("k60").await.unwrap().map(|r| r.version), Some(7));
 }
+
+fn command_calls(con: &mut redis::Connection, name: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_many_of_100_keys_in_redis_is_one_round_trip() {
+    let server = RedisServer::start();
+    let mut con = server.connection();
+    let writer = cache(&server).await;
+    let keys: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        writer.set(k, Row { version: i as u64 }).await.unwrap();
+    }
+    let reader = cache(&server).await; // empty L1
+    let (mget0, get0, eval0) = (
+        command_calls(&mut con, "mget"),
+        command_calls(&mut con, "get"),
+        command_calls(&mut con, "evalsha"),
+    );
+    let got = reader.get_many(&keys).await.unwrap();
+    assert_eq!(command_calls(&mut con, "mget") - mget0, 1);
+    assert_eq!(command_calls(&mut con, "get") - get0, 0);
+    assert_eq!(command_calls(&mut con, "evalsha") - eval0, 0);
+    for (i, v) in got.iter().enumerate() {
+        assert_eq!(v.as_ref().unwrap().version, i as u64);
+    }
+    // Now in L1: no Redis call at all.
+    let mget1 = command_calls(&mut con, "mget");
+    reader.get_many(&keys).await.unwrap();
+    assert_eq!(command_calls(&mut con, "mget"), mget1);
+
+    // get_or_compute_many: 100 present + 20 missing; the loader runs only for
+    // the missing ones, once each.
+    let more: Vec<String> = (0..120).map(|i| format!("m{i}")).collect();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = calls.clone();
+    let fresh_reader = cache(&server).await;
+    let got = fresh_reader
+        .get_or_compute_many(&more, move |key: String| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok::<_, std::io::Error>(Row {
+                    version: key[1..].parse::<u64>().unwrap(),
+                })
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 20);
+    for (i, v) in got.iter().enumerate() {
+        assert_eq!(v.version, i as u64);
+    }
+}
