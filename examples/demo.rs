@@ -103,6 +103,7 @@ async fn worker(o: Opts) {
                 .load_timeout(Duration::from_millis(o.num("load-timeout-ms", 120_000)))
                 .stale_for(Duration::from_millis(o.num("stale-ms", 0)))
                 .jitter(o.num("jitter-pct", 10) as f64 / 100.0)
+                .early_refresh_beta(o.num("beta-pct", 100) as f64 / 100.0)
                 .redis_timeout(Duration::from_millis(o.num("redis-timeout-ms", 500)))
                 .build()
                 .await

@@ -34,6 +34,7 @@ pub(crate) struct Config {
     pub(crate) soft_timeout: Option<Duration>,
     pub(crate) fail_safe_throttle: Duration,
     pub(crate) breaker_cooldown: Duration,
+    pub(crate) early_refresh_beta: f64,
 }
 
 impl Default for Config {
@@ -54,6 +55,7 @@ impl Default for Config {
             soft_timeout: None,
             fail_safe_throttle: Duration::from_secs(30),
             breaker_cooldown: Duration::from_millis(250),
+            early_refresh_beta: 1.0,
         }
     }
 }
@@ -229,6 +231,18 @@ impl<V, C: Codec> CacheBuilder<V, C> {
         self
     }
 
+    /// Probabilistic early refresh (XFetch, Vattani et al., VLDB 2015): on a
+    /// fresh L1 hit, refresh in the background when
+    /// `now - compute_time * beta * ln(rand()) >= expiry`. Default 1.0, the
+    /// value the paper shows optimal for its cost model; larger refreshes
+    /// earlier (fewer callers ever see the expiry, more loads), 0 turns it
+    /// off. The draw is skipped entirely until expiry is within
+    /// `10 * beta * compute_time`, so it costs the hit path one comparison.
+    pub fn early_refresh_beta(mut self, beta: f64) -> Self {
+        self.config.early_refresh_beta = beta;
+        self
+    }
+
     /// Replaces the codec (default [`DefaultCodec`]).
     pub fn codec<C2: Codec>(self, codec: C2) -> CacheBuilder<V, C2> {
         CacheBuilder {
@@ -251,6 +265,9 @@ impl<V, C: Codec> CacheBuilder<V, C> {
         }
         if c.lock_ttl < Duration::from_millis(30) {
             return bad("lock_ttl must be at least 30 ms (the watchdog runs every lock_ttl/3)");
+        }
+        if !(0.0..=1000.0).contains(&c.early_refresh_beta) {
+            return bad("early_refresh_beta must be in 0.0..=1000.0");
         }
         if c.redis_timeout.is_zero() || c.poll_min.is_zero() {
             return bad("redis_timeout and poll intervals must be above zero");
@@ -320,6 +337,7 @@ where
         let local = Local::new(
             self.config.max_capacity,
             self.config.local_ttl.unwrap_or(self.config.ttl),
+            self.config.early_refresh_beta,
         );
         let flights = Arc::new(Flights::default());
         let waiters = Arc::new(Waiters::default());

@@ -121,9 +121,13 @@ where
     {
         check_key(key)?;
         let inner = &self.inner;
+        let now = Instant::now();
         let stale = match inner.local.get(key) {
-            Some(entry) if Instant::now() < entry.fresh_until => {
+            Some(entry) if now < entry.fresh_until => {
                 Counters::bump(&inner.stats.l1_hits);
+                if entry.refresh_early(now) {
+                    inner.refresh_early(key, entry.value.clone(), loader);
+                }
                 return Ok(entry.value);
             }
             Some(entry) => Some(entry.value),
@@ -133,9 +137,14 @@ where
         if let Some(stale) = stale {
             if leader {
                 Counters::bump(&inner.stats.background_refreshes);
-                inner
-                    .clone()
-                    .spawn_flight(key, flight.clone(), loader, Some(stale.clone()), false);
+                inner.clone().spawn_flight(
+                    key,
+                    flight.clone(),
+                    loader,
+                    Some(stale.clone()),
+                    false,
+                    false,
+                );
             }
             return Ok(inner.serve_stale(stale, &flight).await);
         }
@@ -154,7 +163,7 @@ where
                 move |stale, redis_failed| {
                     inner
                         .clone()
-                        .spawn_flight(&key, flight, loader, stale, redis_failed)
+                        .spawn_flight(&key, flight, loader, stale, redis_failed, false)
                 }
             })),
             stale: None,
@@ -452,7 +461,18 @@ where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
     C: Codec,
 {
-    /// Spawns the load task of `flight`.
+    /// Starts an early (XFetch) refresh of `key` unless one is running here.
+    fn refresh_early<L: LoadFn<V>>(self: &Arc<Self>, key: &str, current: Arc<V>, loader: L) {
+        let (flight, leader) = self.flights.join(key);
+        if leader {
+            Counters::bump(&self.stats.background_refreshes);
+            self.clone()
+                .spawn_flight(key, flight, loader, Some(current), false, true);
+        }
+    }
+
+    /// Spawns the load task of `flight`. `early` marks an XFetch refresh of
+    /// a value that is still fresh.
     pub(crate) fn spawn_flight<L: LoadFn<V>>(
         self: Arc<Self>,
         key: &str,
@@ -460,6 +480,7 @@ where
         loader: L,
         stale: Option<Arc<V>>,
         redis_failed: bool,
+        early: bool,
     ) {
         let key: Arc<str> = key.into();
         tokio::spawn(async move {
@@ -470,9 +491,12 @@ where
                 key: &key,
                 flight: &flight,
             };
-            let outcome = self
-                .run_flight(&key, loader, &flight, stale, redis_failed)
-                .await;
+            let outcome = if early {
+                self.run_early_refresh(&key, loader, &flight, stale).await
+            } else {
+                self.run_flight(&key, loader, &flight, stale, redis_failed)
+                    .await
+            };
             drop(guard);
             flight.complete(outcome);
         });

@@ -181,6 +181,34 @@ where
         }
     }
 
+    /// An early (XFetch) refresh: the value is still fresh everywhere, so the
+    /// read-or-lock probe would just return it. Take the lock directly; if
+    /// someone else holds it, they are refreshing already and we are done.
+    /// Callers keep getting the current value throughout.
+    pub(crate) async fn run_early_refresh<L: LoadFn<V>>(
+        &self,
+        key: &str,
+        loader: L,
+        flight: &Flight<V>,
+        current: Option<Arc<V>>,
+    ) -> Outcome<V> {
+        let current = current.expect("an early refresh has a current value");
+        flight.complete(Ok(current.clone()));
+        let keys = self.remote.keys(key);
+        let token = new_token();
+        match self
+            .remote
+            .try_lock(&keys, &token, self.config.lock_ttl)
+            .await
+        {
+            Ok(None) => {
+                self.load_as_holder(key, &keys, &token, loader, flight, Some(current))
+                    .await
+            }
+            Ok(Some(_)) | Err(_) => Ok(current),
+        }
+    }
+
     /// We hold the lock: run the loader under the watchdog, then fill.
     async fn load_as_holder<L: LoadFn<V>>(
         &self,

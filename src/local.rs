@@ -21,6 +21,12 @@ pub(crate) struct Entry<V> {
     pub(crate) value: Arc<V>,
     pub(crate) fresh_until: Instant,
     expires_at: Instant,
+    /// Before this instant an early refresh (XFetch) cannot fire, so the hit
+    /// path skips the random draw: `fresh_until - 10 * beta * delta`
+    /// (`e^-10` is the chance the draw would have fired earlier).
+    early_from: Instant,
+    /// `beta * delta` in seconds, delta being the value's compute time.
+    beta_delta: f64,
 }
 
 impl<V> Clone for Entry<V> {
@@ -29,7 +35,28 @@ impl<V> Clone for Entry<V> {
             value: self.value.clone(),
             fresh_until: self.fresh_until,
             expires_at: self.expires_at,
+            early_from: self.early_from,
+            beta_delta: self.beta_delta,
         }
+    }
+}
+
+impl<V> Entry<V> {
+    /// XFetch (Vattani, Chierichetti, Lowenstein, VLDB 2015): refresh early
+    /// when `now - delta * beta * ln(rand()) >= expiry`. The chance rises as
+    /// expiry nears, and with the compute time, so one caller usually
+    /// refreshes before anyone sees a miss.
+    #[inline]
+    pub(crate) fn refresh_early(&self, now: Instant) -> bool {
+        if now < self.early_from {
+            return false;
+        }
+        let left = self
+            .fresh_until
+            .saturating_duration_since(now)
+            .as_secs_f64();
+        let draw = -(1.0 - fastrand::f64()).ln(); // rand() in (0, 1]
+        self.beta_delta * draw >= left
     }
 }
 
@@ -60,6 +87,7 @@ impl<V> Expiry<String, Entry<V>> for PerEntryExpiry {
 pub(crate) struct Local<V> {
     cache: moka::sync::Cache<String, Entry<V>>,
     local_ttl: Duration,
+    beta: f64,
 }
 
 impl<V> Clone for Local<V> {
@@ -67,18 +95,20 @@ impl<V> Clone for Local<V> {
         Local {
             cache: self.cache.clone(),
             local_ttl: self.local_ttl,
+            beta: self.beta,
         }
     }
 }
 
 impl<V: Send + Sync + 'static> Local<V> {
-    pub(crate) fn new(max_capacity: u64, local_ttl: Duration) -> Self {
+    pub(crate) fn new(max_capacity: u64, local_ttl: Duration, beta: f64) -> Self {
         Local {
             cache: moka::sync::Cache::builder()
                 .max_capacity(max_capacity)
                 .expire_after(PerEntryExpiry)
                 .build(),
             local_ttl,
+            beta,
         }
     }
 
@@ -101,12 +131,18 @@ impl<V: Send + Sync + 'static> Local<V> {
         if expires_at <= now {
             return;
         }
+        let beta_delta = self.beta * f64::from(header.compute_ms) / 1000.0;
+        let early_from = fresh_until
+            .checked_sub(Duration::from_secs_f64((10.0 * beta_delta).min(86_400.0)))
+            .unwrap_or(now);
         self.cache.insert(
             key.to_owned(),
             Entry {
                 value,
                 fresh_until,
                 expires_at,
+                early_from,
+                beta_delta,
             },
         );
     }
@@ -261,8 +297,31 @@ mod tests {
     }
 
     #[test]
+    fn xfetch_never_fires_far_from_expiry_and_always_at_it() {
+        let local: Local<u32> = Local::new(100, Duration::from_secs(600), 1.0);
+        let now = now_ms();
+        let header = Header {
+            flags: 0,
+            compute_ms: 100,
+            fresh_until_ms: now + 60_000,
+            stale_until_ms: now + 60_000,
+        };
+        local.insert("k", Arc::new(1), &header);
+        let e = local.get("k").unwrap();
+        let t = Instant::now();
+        assert!(
+            (0..1000).all(|_| !e.refresh_early(t)),
+            "60 s left, 0.1 s compute"
+        );
+        // 1 ms before expiry with a 100 ms compute: fires almost always.
+        let near = e.fresh_until - Duration::from_millis(1);
+        let fired = (0..1000).filter(|_| e.refresh_early(near)).count();
+        assert!(fired > 950, "{fired}");
+    }
+
+    #[test]
     fn l1_entry_life_is_capped_by_local_ttl() {
-        let local: Local<u32> = Local::new(100, Duration::from_millis(50));
+        let local: Local<u32> = Local::new(100, Duration::from_millis(50), 1.0);
         let now = now_ms();
         let header = Header {
             flags: 0,

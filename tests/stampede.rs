@@ -315,6 +315,9 @@ fn expiry_under_load_with_a_stale_window_refreshes_once_and_nobody_waits() {
             "5000",
             "--warmup-ms",
             "300",
+            // Early refresh off: this test is about the stale window.
+            "--beta-pct",
+            "0",
         ],
         |_| {},
     );
@@ -352,5 +355,65 @@ fn expiry_under_load_with_a_stale_window_refreshes_once_and_nobody_waits() {
             max < LOADER_MS * 1000,
             "a request waited for the loader: {max} us"
         );
+    }
+}
+
+#[test]
+fn early_refresh_reloads_before_expiry_so_nobody_sees_it() {
+    let _serial = serial();
+    const TTL_MS: u64 = 500;
+    let mut server = RedisServer::start();
+    // No stale window: without early refresh every expiry would make
+    // callers wait for the 50 ms loader.
+    let reports = steady_run(
+        &mut server,
+        "xf",
+        4,
+        &[
+            "--tasks",
+            "8",
+            "--keys",
+            "1",
+            "--ttl-ms",
+            "500",
+            "--jitter-pct",
+            "0",
+            "--stale-ms",
+            "0",
+            "--loader-ms",
+            "50",
+            "--duration-ms",
+            "4000",
+            "--warmup-ms",
+            "300",
+            "--beta-pct",
+            "100",
+        ],
+        |_| {},
+    );
+    let mut con = server.connection();
+    let mut times: Vec<u64> = redis::cmd("LRANGE")
+        .arg("xf:load_times")
+        .arg(0)
+        .arg(-1)
+        .query(&mut con)
+        .unwrap();
+    times.sort_unstable();
+    let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    println!("{} loads, gaps (ms): {gaps:?}", times.len());
+    assert!(
+        gaps.iter().all(|g| *g < TTL_MS),
+        "a refresh came only after expiry: {gaps:?}"
+    );
+    // A load starts only after the previous one filled (50 ms): never two at once.
+    assert!(gaps.iter().all(|g| *g >= 50), "overlapping loads: {gaps:?}");
+    for r in &reports {
+        let max = field(r, "max_us");
+        println!(
+            "p50 {} us, p99.9 {} us, max {max} us {}",
+            r["p50_us"], r["p999_us"], r["stats"]
+        );
+        assert_eq!(field(r, "errors"), 0);
+        assert!(max < 50_000, "a caller waited for the loader: {max} us");
     }
 }
