@@ -72,7 +72,23 @@ pub struct CacheBuilder<V, C = DefaultCodec> {
     redis: Option<RedisSource>,
     config: Config,
     codec: C,
+    ttl_for: Option<TtlFor<V>>,
     _value: PhantomData<fn() -> V>,
+}
+
+/// A per-value fresh TTL: `Some(d)` overrides `ttl` for that value.
+pub(crate) type TtlFor<V> = Box<dyn Fn(&V) -> Option<Duration> + Send + Sync>;
+
+impl<T, C: Codec> CacheBuilder<Option<T>, C> {
+    /// Negative caching, for a `Cache<Option<T>>` whose loader returns
+    /// `Ok(None)` for rows that do not exist: a `None` is cached for this
+    /// (short) TTL instead of `ttl`, so lookups of missing rows stop reaching
+    /// the database (cache penetration) without hiding a row created soon
+    /// after for long. No default: without it, `None` lives for `ttl`.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl_for = Some(Box::new(move |v: &Option<T>| v.is_none().then_some(ttl)));
+        self
+    }
 }
 
 impl<V> CacheBuilder<V, DefaultCodec> {
@@ -82,6 +98,7 @@ impl<V> CacheBuilder<V, DefaultCodec> {
             redis: None,
             config: Config::default(),
             codec: DefaultCodec::default(),
+            ttl_for: None,
             _value: PhantomData,
         }
     }
@@ -250,6 +267,7 @@ impl<V, C: Codec> CacheBuilder<V, C> {
             redis: self.redis,
             config: self.config,
             codec,
+            ttl_for: self.ttl_for,
             _value: PhantomData,
         }
     }
@@ -356,6 +374,7 @@ where
             stats,
             config: self.config,
             codec: self.codec,
+            ttl_for: self.ttl_for,
         });
         // The listener holds the cache weakly: the cache owns the connection
         // whose pushes feed the listener, so a strong reference would be a

@@ -16,7 +16,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::builder::{CacheBuilder, Config};
+use crate::builder::{CacheBuilder, Config, TtlFor};
 use crate::codec::{Codec, DefaultCodec};
 use crate::envelope::{HEADER_LEN, Header, now_ms};
 use crate::error::{Error, ErrorKind};
@@ -51,6 +51,7 @@ pub(crate) struct Inner<V, C> {
     pub(crate) stats: Arc<Counters>,
     pub(crate) config: Config,
     pub(crate) codec: C,
+    pub(crate) ttl_for: Option<TtlFor<V>>,
 }
 
 impl<V> Cache<V, DefaultCodec> {
@@ -352,7 +353,7 @@ where
     pub async fn set(&self, key: &str, value: V) -> Result<(), Error> {
         check_key(key)?;
         let inner = &self.inner;
-        let header = inner.header(Duration::ZERO);
+        let header = inner.header(&value, Duration::ZERO);
         let (envelope, px) = inner.encode(&value, &header)?;
         let keys = inner.remote.keys(key);
         // Drop our copy first: if this future is dropped mid-write, L1 must
@@ -560,10 +561,16 @@ where
         Error::redis(op, e)
     }
 
-    /// A header for a value computed now: fresh for `ttl` less up to
-    /// `jitter` of it, then stale for `stale_for`.
-    pub(crate) fn header(&self, compute: Duration) -> Header {
-        let ttl = self.config.ttl.as_millis() as u64;
+    /// A header for a value computed now: fresh for `ttl` (or the value's
+    /// own TTL, e.g. `negative_ttl`) less up to `jitter` of it, then stale
+    /// for `stale_for`.
+    pub(crate) fn header(&self, value: &V, compute: Duration) -> Header {
+        let ttl = self
+            .ttl_for
+            .as_ref()
+            .and_then(|f| f(value))
+            .unwrap_or(self.config.ttl)
+            .as_millis() as u64;
         let cut = (ttl as f64 * self.config.jitter * fastrand::f64()) as u64;
         self.header_for(Duration::from_millis((ttl - cut).max(1)), compute)
     }

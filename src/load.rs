@@ -238,7 +238,7 @@ where
                 };
             }
         };
-        let header = self.header(started.elapsed());
+        let header = self.header(&value, started.elapsed());
         let (envelope, px) = match self.encode(&value, &header) {
             Ok(encoded) => encoded,
             Err(e) => {
@@ -308,8 +308,8 @@ where
         let started = Instant::now();
         match run_loader(loader, self.config.load_timeout, None, &self.stats).await {
             Ok(value) => {
+                let header = self.header(&value, started.elapsed());
                 let value = Arc::new(value);
-                let header = self.header(started.elapsed());
                 flight.insert_unless_voided(&self.local, key, value.clone(), &header);
                 Ok(value)
             }

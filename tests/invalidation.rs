@@ -241,3 +241,60 @@ async fn get_many_of_100_keys_in_redis_is_one_round_trip() {
         assert_eq!(v.version, i as u64);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_rows_are_cached_briefly_so_lookups_stop_reaching_the_database() {
+    let server = RedisServer::start();
+    let mut con = server.connection();
+    let build = || {
+        Cache::<Option<Row>>::builder("neg")
+            .redis_url(server.url())
+            .ttl(Duration::from_secs(60))
+            .negative_ttl(Duration::from_millis(300))
+            .build()
+    };
+    let (a, b) = (build().await.unwrap(), build().await.unwrap());
+    let db_calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lookup = |c: std::sync::Arc<std::sync::atomic::AtomicUsize>, exists: bool| {
+        move || async move {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, std::io::Error>(exists.then_some(Row { version: 1 }))
+        }
+    };
+    let before = command_calls(&mut con, "evalsha") + command_calls(&mut con, "get");
+    // 200 lookups of a row that does not exist, from two processes: one DB call.
+    for _ in 0..100 {
+        assert_eq!(
+            *a.get_or_compute("ghost", lookup(db_calls.clone(), false))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            *b.get_or_compute("ghost", lookup(db_calls.clone(), false))
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    assert_eq!(db_calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let redis_calls = command_calls(&mut con, "evalsha") + command_calls(&mut con, "get") - before;
+    assert!(
+        redis_calls <= 6,
+        "L1 absorbed the repeats: {redis_calls} Redis calls"
+    );
+    // The negative entry is short-lived: once the row exists, it shows up.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let v = a
+        .get_or_compute("ghost", lookup(db_calls.clone(), true))
+        .await
+        .unwrap();
+    assert_eq!(*v, Some(Row { version: 1 }));
+    assert_eq!(db_calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // Present rows keep the long TTL.
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("hc:{neg:ghost}:v")
+        .query(&mut con)
+        .unwrap();
+    assert!(pttl > 50_000, "{pttl}");
+}
