@@ -127,7 +127,7 @@ where
             Some(entry) if now < entry.fresh_until => {
                 Counters::bump(&inner.stats.l1_hits);
                 if entry.refresh_early(now) {
-                    inner.refresh_early(key, entry.value.clone(), loader);
+                    inner.refresh_early(key, entry.value.clone(), entry.fresh_until_ms, loader);
                 }
                 return Ok(entry.value);
             }
@@ -144,7 +144,7 @@ where
                     loader,
                     Some(stale.clone()),
                     false,
-                    false,
+                    None,
                 );
             }
             return Ok(inner.serve_stale(stale, &flight).await);
@@ -164,7 +164,7 @@ where
                 move |stale, redis_failed| {
                     inner
                         .clone()
-                        .spawn_flight(&key, flight, loader, stale, redis_failed, false)
+                        .spawn_flight(&key, flight, loader, stale, redis_failed, None)
                 }
             })),
             stale: None,
@@ -463,17 +463,29 @@ where
     C: Codec,
 {
     /// Starts an early (XFetch) refresh of `key` unless one is running here.
-    fn refresh_early<L: LoadFn<V>>(self: &Arc<Self>, key: &str, current: Arc<V>, loader: L) {
+    fn refresh_early<L: LoadFn<V>>(
+        self: &Arc<Self>,
+        key: &str,
+        current: Arc<V>,
+        fresh_until_ms: u64,
+        loader: L,
+    ) {
         let (flight, leader) = self.flights.join(key);
         if leader {
             Counters::bump(&self.stats.background_refreshes);
-            self.clone()
-                .spawn_flight(key, flight, loader, Some(current), false, true);
+            self.clone().spawn_flight(
+                key,
+                flight,
+                loader,
+                Some(current),
+                false,
+                Some(fresh_until_ms),
+            );
         }
     }
 
     /// Spawns the load task of `flight`. `early` marks an XFetch refresh of
-    /// a value that is still fresh.
+    /// a value that is still fresh, with that value's fresh-until.
     pub(crate) fn spawn_flight<L: LoadFn<V>>(
         self: Arc<Self>,
         key: &str,
@@ -481,7 +493,7 @@ where
         loader: L,
         stale: Option<Arc<V>>,
         redis_failed: bool,
-        early: bool,
+        early: Option<u64>,
     ) {
         let key: Arc<str> = key.into();
         tokio::spawn(async move {
@@ -492,8 +504,9 @@ where
                 key: &key,
                 flight: &flight,
             };
-            let outcome = if early {
-                self.run_early_refresh(&key, loader, &flight, stale).await
+            let outcome = if let Some(fresh_until_ms) = early {
+                self.run_early_refresh(&key, loader, &flight, stale, fresh_until_ms)
+                    .await
             } else {
                 self.run_flight(&key, loader, &flight, stale, redis_failed)
                     .await

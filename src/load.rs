@@ -65,6 +65,25 @@ where
         }
     }
 
+    /// Keeps the stale value the probe returned (if it decodes and we have
+    /// none yet), and offers it to the callers.
+    fn remember_stale(
+        &self,
+        bytes: Option<Vec<u8>>,
+        stale: &mut Option<Arc<V>>,
+        flight: &Flight<V>,
+    ) {
+        if stale.is_some() {
+            return;
+        }
+        if let Some(Ok(Decoded::Stale(_, value) | Decoded::Fresh(_, value))) =
+            bytes.map(|b| self.decode(&b))
+        {
+            *stale = Some(Arc::new(value));
+            self.offer_stale(flight, stale);
+        }
+    }
+
     /// The flight of one key in this process.
     pub(crate) async fn run_flight<L: LoadFn<V>>(
         &self,
@@ -96,7 +115,11 @@ where
             tokio::pin!(notified);
             notified.as_mut().enable();
 
-            let probe = match self.remote.get_or_lock(&keys, &token, cfg.lock_ttl).await {
+            let probe = match self
+                .remote
+                .get_or_lock(&keys, &token, cfg.lock_ttl, crate::envelope::now_ms())
+                .await
+            {
                 Ok(probe) => probe,
                 Err(e) => {
                     let _ = self.redis_error("read-or-lock", e);
@@ -104,7 +127,8 @@ where
                 }
             };
             let lock_pttl = match probe {
-                Probe::Acquired => {
+                Probe::Acquired { stale: old } => {
+                    self.remember_stale(old, &mut stale, flight);
                     if !waiting {
                         Counters::bump(&self.stats.misses);
                     }
@@ -112,7 +136,10 @@ where
                         .load_as_holder(key, &keys, &token, loader, flight, stale)
                         .await;
                 }
-                Probe::Locked { pttl } => pttl,
+                Probe::Locked { pttl, stale: old } => {
+                    self.remember_stale(old, &mut stale, flight);
+                    pttl
+                }
                 Probe::Value(bytes) => {
                     match self.decode(&bytes) {
                         Ok(Decoded::Fresh(header, value)) => {
@@ -131,8 +158,8 @@ where
                         // still holds it: rebuild it.
                         Err(_) => {}
                     }
-                    // A value is there but not fresh: the read-or-lock script
-                    // saw a value and took no lock, so take it now.
+                    // Bytes the script could not judge (not our header) or
+                    // that our clock calls expired: take the lock now.
                     match self.remote.try_lock(&keys, &token, cfg.lock_ttl).await {
                         Ok(None) => {
                             if !waiting {
@@ -191,21 +218,33 @@ where
         loader: L,
         flight: &Flight<V>,
         current: Option<Arc<V>>,
+        our_fresh_until_ms: u64,
     ) -> Outcome<V> {
         let current = current.expect("an early refresh has a current value");
         flight.complete(Ok(current.clone()));
         let keys = self.remote.keys(key);
         let token = new_token();
-        match self
+        // Locks only if Redis still holds our copy (or an older one): if the
+        // fill notice of someone else's refresh has not reached us yet, the
+        // newer value comes back instead and nothing is loaded.
+        let probe = self
             .remote
-            .try_lock(&keys, &token, self.config.lock_ttl)
-            .await
-        {
-            Ok(None) => {
+            .get_or_lock(&keys, &token, self.config.lock_ttl, our_fresh_until_ms)
+            .await;
+        match probe {
+            Ok(Probe::Acquired { .. }) => {
                 self.load_as_holder(key, &keys, &token, loader, flight, Some(current))
                     .await
             }
-            Ok(Some(_)) | Err(_) => Ok(current),
+            Ok(Probe::Value(bytes)) => match self.decode(&bytes) {
+                Ok(Decoded::Fresh(header, value)) => {
+                    let value = Arc::new(value);
+                    flight.insert_unless_voided(&self.local, key, value.clone(), &header);
+                    Ok(value)
+                }
+                _ => Ok(current),
+            },
+            Ok(Probe::Locked { .. }) | Err(_) => Ok(current),
         }
     }
 

@@ -20,6 +20,9 @@ use crate::error::{Error, ErrorKind};
 pub(crate) struct Entry<V> {
     pub(crate) value: Arc<V>,
     pub(crate) fresh_until: Instant,
+    /// The same instant as stored in the envelope (unix ms): an early refresh
+    /// compares it with Redis' copy to see whether someone refreshed already.
+    pub(crate) fresh_until_ms: u64,
     expires_at: Instant,
     /// Before this instant an early refresh (XFetch) cannot fire, so the hit
     /// path skips the random draw: `fresh_until - 10 * beta * delta`
@@ -34,6 +37,7 @@ impl<V> Clone for Entry<V> {
         Entry {
             value: self.value.clone(),
             fresh_until: self.fresh_until,
+            fresh_until_ms: self.fresh_until_ms,
             expires_at: self.expires_at,
             early_from: self.early_from,
             beta_delta: self.beta_delta,
@@ -132,14 +136,21 @@ impl<V: Send + Sync + 'static> Local<V> {
             return;
         }
         let beta_delta = self.beta * f64::from(header.compute_ms) / 1000.0;
+        // The window is also capped at a quarter of the value's fresh life: at
+        // very high hit rates XFetch fires as soon as its window opens, and
+        // with a TTL only a few compute-times long that would reload far
+        // more often than once per TTL.
+        let fresh_life = fresh_until.saturating_duration_since(now).as_secs_f64();
+        let window = (10.0 * beta_delta).min(fresh_life / 4.0);
         let early_from = fresh_until
-            .checked_sub(Duration::from_secs_f64((10.0 * beta_delta).min(86_400.0)))
+            .checked_sub(Duration::from_secs_f64(window))
             .unwrap_or(now);
         self.cache.insert(
             key.to_owned(),
             Entry {
                 value,
                 fresh_until,
+                fresh_until_ms: header.fresh_until_ms,
                 expires_at,
                 early_from,
                 beta_delta,
@@ -313,7 +324,7 @@ mod tests {
             (0..1000).all(|_| !e.refresh_early(t)),
             "60 s left, 0.1 s compute"
         );
-        // 1 ms before expiry with a 100 ms compute: fires almost always.
+        // 1 ms before expiry with a 100 ms compute (window capped to 15 s): fires almost always.
         let near = e.fresh_until - Duration::from_millis(1);
         let fired = (0..1000).filter(|_| e.refresh_early(near)).count();
         assert!(fired > 950, "{fired}");

@@ -17,12 +17,15 @@ use crate::stats::Counters;
 /// What the read-or-lock probe found.
 #[derive(Debug)]
 pub(crate) enum Probe {
-    /// A value is stored (fresh or not: the header decides).
+    /// A fresh value, or bytes not in our format (decoding decides).
     Value(Vec<u8>),
-    /// No value; we now hold the lock.
-    Acquired,
-    /// No value; someone else holds the lock for this much longer.
-    Locked { pttl: Duration },
+    /// No fresh value (`stale` holds the stale one, if any); we now hold the lock.
+    Acquired { stale: Option<Vec<u8>> },
+    /// No fresh value; someone else holds the lock for `pttl` more.
+    Locked {
+        pttl: Duration,
+        stale: Option<Vec<u8>>,
+    },
 }
 
 pub(crate) struct Remote {
@@ -163,11 +166,16 @@ impl Remote {
         .await
     }
 
+    /// The read-or-lock probe. A stored value counts as fresh when its
+    /// fresh-until is after `fresh_after_ms`: now, for a read; the fresh-until
+    /// of our own copy, for an early refresh (a newer copy means somebody
+    /// refreshed already).
     pub(crate) async fn get_or_lock(
         &self,
         keys: &RedisKeys,
         token: &str,
         lock_ttl: Duration,
+        fresh_after_ms: u64,
     ) -> RedisResult<Probe> {
         self.call(async {
             let reply: Value = scripts::GET_OR_LOCK
@@ -175,6 +183,7 @@ impl Remote {
                 .key(&keys.lock)
                 .arg(token)
                 .arg(ms(lock_ttl))
+                .arg(fresh_after_ms)
                 .invoke_async(&mut ConnectionManager::clone(&self.conn))
                 .await?;
             parse_probe(reply)
@@ -326,11 +335,18 @@ fn parse_probe(reply: Value) -> RedisResult<Probe> {
         Some(Value::SimpleString(t)) => t.into_bytes(),
         _ => return Err(bad()),
     };
-    match (tag.as_slice(), items.next()) {
-        (b"v", Some(Value::BulkString(bytes))) => Ok(Probe::Value(bytes)),
-        (b"a", None) => Ok(Probe::Acquired),
-        (b"w", Some(Value::Int(pttl))) => Ok(Probe::Locked {
-            pttl: Duration::from_millis(pttl.max(0) as u64),
+    let pttl = |p: i64| Duration::from_millis(p.max(0) as u64);
+    match (tag.as_slice(), items.next(), items.next()) {
+        (b"v", Some(Value::BulkString(bytes)), None) => Ok(Probe::Value(bytes)),
+        (b"a", None, None) => Ok(Probe::Acquired { stale: None }),
+        (b"w", Some(Value::Int(p)), None) => Ok(Probe::Locked {
+            pttl: pttl(p),
+            stale: None,
+        }),
+        (b"sa", Some(Value::BulkString(bytes)), None) => Ok(Probe::Acquired { stale: Some(bytes) }),
+        (b"sw", Some(Value::BulkString(bytes)), Some(Value::Int(p))) => Ok(Probe::Locked {
+            pttl: pttl(p),
+            stale: Some(bytes),
         }),
         _ => Err(bad()),
     }

@@ -9,14 +9,27 @@
 use redis::Script;
 use std::sync::LazyLock;
 
-/// The read-or-lock probe: one round trip answers "is there a value?" and,
-/// if not, takes the rebuild lock.
-/// KEYS: value, lock. ARGV: token, lock ttl ms.
-/// Returns `{'v', bytes}`, `{'a'}` (lock acquired) or `{'w', lock pttl}`.
+/// The read-or-lock probe: one round trip answers "is there a fresh value?"
+/// and, if not, takes the rebuild lock. Freshness is read from the envelope
+/// header (fresh-until, unix ms, little-endian at bytes 9..16), so deciding
+/// "stale, so lock it" is atomic with the FILL that replaces it: a process
+/// cannot see the old value, lose the CPU for a while, and then take the lock
+/// after another process already refreshed the key.
+/// KEYS: value, lock. ARGV: token, lock ttl ms, now (unix ms).
+/// Returns `{'v', bytes}` (fresh, or not our format: the client decides),
+/// `{'a'}` / `{'w', pttl}` (no value: acquired / locked by someone else),
+/// `{'sa', bytes}` / `{'sw', bytes, pttl}` (stale value: acquired / locked).
 pub(crate) static GET_OR_LOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local v = redis.call('GET', KEYS[1])
+if v and string.len(v) >= 24 and string.byte(v, 1) == 196 then
+  local fresh_until = 0
+  for i = 16, 9, -1 do fresh_until = fresh_until * 256 + string.byte(v, i) end
+  if fresh_until > tonumber(ARGV[3]) then return {'v', v} end
+  if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'sa', v} end
+  return {'sw', v, redis.call('PTTL', KEYS[2])}
+end
 if v then return {'v', v} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'a'} end
 return {'w', redis.call('PTTL', KEYS[2])}
