@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for a fresh Debian machine with Rust:
-#   bash scripts/dev.sh demo   # the stampede demo (starts its own redis-server)
+#   bash scripts/dev.sh demo   # the load-test tool: herdcache vs baselines (starts its own redis-server)
 #   bash scripts/dev.sh test   # the whole test suite (each test starts its own redis-server)
 # Installs redis-server with apt-get when it is missing.
 set -euo pipefail
@@ -22,14 +22,14 @@ case "${1:-}" in
   demo)
     need_redis
     shift
-    cargo run --release --example demo -- "$@"
+    cargo run --release -p herdcache-loadtest -- "$@"
     ;;
   test)
     need_redis
     shift
     # `cargo test` also builds the examples: the multi-process tests spawn
     # the demo binary as their worker processes.
-    cargo test --all-features "$@"
+    cargo test --workspace --all-features "$@"
     ;;
   *)
     echo "usage: bash scripts/dev.sh demo|test" >&2

@@ -1,0 +1,440 @@
+//! `loadtest`: herdcache against three other ways of reading through a
+//! cache, in real worker processes sharing one Redis.
+//!
+//! ```text
+//! cargo run --release -p herdcache-loadtest                    # cold-key stampede, all four strategies
+//! cargo run --release -p herdcache-loadtest -- --duration 10s --keys 100 --dist zipf --ttl-ms 1000
+//! ```
+//!
+//! The parent process starts a throwaway `redis-server` (unless `REDIS_URL`
+//! is set), fills a SQLite file for the loader, then for each strategy
+//! re-executes itself as `--processes` workers (`loadtest worker …`, hidden),
+//! releases them at one instant through Redis, and reads back what they
+//! measured. Layout:
+//!
+//! | file | what it is for |
+//! |---|---|
+//! | `main.rs` | options, and running the workers of each strategy |
+//! | `worker.rs` | one worker process: tasks, key choice, latency recording |
+//! | `strategies.rs` | none / naive-lock / local / herdcache, and the loader |
+//! | `db.rs` | the SQLite file the loader queries |
+//! | `report.rs` | merging the workers' results; table and JSON output |
+//! | `chart.rs` | `--chart`: p99 latency over time as SVG |
+
+// The test suite's throwaway Redis: one implementation of "start a
+// redis-server on a free loopback port, kill it on drop" for the tests, the
+// demo and this tool.
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+mod chart;
+mod db;
+mod report;
+mod strategies;
+mod worker;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use report::{Report, Settings, StrategyResult};
+use strategies::{LoaderKind, Strategy};
+use worker::{Dist, WorkerSpec, now_ms};
+
+pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadtest",
+    version,
+    about = "Compare herdcache with plain cache-aside, a naive Redis lock and per-process \
+             coalescing, in real processes sharing one Redis.",
+    long_about = None,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// One worker process; started by the tool itself.
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        spec: String,
+        #[arg(long)]
+        index: usize,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Worker processes per strategy (each with its own runtime, L1 and connections).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    processes: u16,
+    /// Concurrent tasks (callers) per process.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    tasks: u32,
+    /// Distinct keys requested.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    keys: u32,
+    /// How keys are drawn.
+    #[arg(long, value_enum, default_value_t = Dist::Uniform)]
+    dist: Dist,
+    /// Exponent of the Zipf distribution (key 0 is the most popular).
+    #[arg(long, default_value_t = 1.0)]
+    zipf_s: f64,
+    /// Fraction of requests sent to key 0 whatever --dist says (0..=1).
+    #[arg(long)]
+    hot_share: Option<f64>,
+    /// What a miss costs: a SQLite query (default) or a plain sleep.
+    #[arg(long, value_enum, default_value_t = LoaderKind::Sqlite)]
+    loader: LoaderKind,
+    /// Loader time in ms: the sleep, or the delay added to the SQLite query
+    /// to stand in for a slow remote database.
+    #[arg(long, default_value_t = 50)]
+    loader_ms: u64,
+    /// Value TTL in ms [default: 60000 cold, 1000 with --duration].
+    #[arg(long)]
+    ttl_ms: Option<u64>,
+    /// herdcache's stale window in ms (`stale_for`): an expired value is
+    /// served at once while one caller in the fleet refreshes it. The other
+    /// strategies have no such thing and ignore it.
+    #[arg(long, default_value_t = 0)]
+    stale_ms: u64,
+    /// herdcache's probabilistic early refresh (XFetch) factor; 0 turns it
+    /// off [default: the library's]. The other strategies ignore it.
+    #[arg(long)]
+    early_refresh_beta: Option<f64>,
+    /// Steady mode: tasks loop requests for this long (e.g. 10s), so keys
+    /// expire and refresh under load.
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "cold")]
+    duration: Option<Duration>,
+    /// Cold mode (the default): one request per task, all released at one
+    /// instant against an empty cache.
+    #[arg(long)]
+    cold: bool,
+    /// Strategies to compare, in order (repeat the flag or use a comma list).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Strategy::ALL)]
+    strategy: Vec<Strategy>,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Write an SVG chart of p99 latency over time per strategy.
+    #[arg(long, value_name = "PATH.svg")]
+    chart: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (what, result) = match cli.cmd {
+        Some(Cmd::Worker { spec, index }) => (format!("worker {index}"), worker_main(&spec, index)),
+        None => ("loadtest".to_owned(), run(cli.run)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn worker_main(spec: &str, index: usize) -> Res<()> {
+    let spec: WorkerSpec = serde_json::from_str(spec)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(worker::run(spec, index))?;
+    Ok(())
+}
+
+fn run(a: RunArgs) -> Res<()> {
+    if !(a.zipf_s > 0.0 && a.zipf_s.is_finite()) {
+        return Err("--zipf-s must be above 0".into());
+    }
+    let hot_share = a.hot_share.unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&hot_share) {
+        return Err("--hot-share must be in 0..=1".into());
+    }
+    if a.loader_ms > 60_000 {
+        return Err("--loader-ms must be at most 60000".into());
+    }
+    if let Some(b) = a.early_refresh_beta
+        && !(0.0..=1000.0).contains(&b)
+    {
+        return Err("--early-refresh-beta must be in 0..=1000".into());
+    }
+    let duration_ms = a.duration.map(|d| d.as_millis() as u64);
+    if let Some(d) = duration_ms
+        && !(100..=600_000).contains(&d)
+    {
+        return Err("--duration must be between 100ms and 10min".into());
+    }
+    let ttl_ms = a
+        .ttl_ms
+        .unwrap_or(if duration_ms.is_some() { 1_000 } else { 60_000 });
+    if ttl_ms == 0 {
+        return Err("--ttl-ms must be at least 1".into());
+    }
+    let mut strategies = Vec::new();
+    for s in a.strategy {
+        if !strategies.contains(&s) {
+            strategies.push(s);
+        }
+    }
+    let settings = Settings {
+        mode: if duration_ms.is_some() {
+            "steady"
+        } else {
+            "cold"
+        },
+        processes: usize::from(a.processes),
+        tasks: a.tasks as usize,
+        keys: a.keys,
+        dist: a.dist,
+        zipf_s: a.zipf_s,
+        hot_share,
+        loader: a.loader,
+        loader_ms: a.loader_ms,
+        ttl_ms,
+        stale_ms: a.stale_ms,
+        early_refresh_beta: a.early_refresh_beta,
+        duration_ms,
+        // Cold runs last a few hundred ms; steady ones seconds to minutes.
+        bucket_ms: match duration_ms {
+            None => 10,
+            Some(d) if d <= 60_000 => 100,
+            Some(_) => 1_000,
+        },
+        expected_expiries: duration_ms.map(|d| f64::from(a.keys) * d as f64 / ttl_ms as f64),
+    };
+
+    // Everything we print besides the result goes to stderr, so `--json`
+    // output can be piped as is.
+    let (_server, url) = match std::env::var("REDIS_URL") {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let server = support::RedisServer::start();
+            let url = server.url();
+            eprintln!("started a throwaway redis-server on {url}");
+            (Some(server), url)
+        }
+    };
+    let db = match a.loader {
+        LoaderKind::Sqlite => {
+            let t = Instant::now();
+            let path = db::create(a.keys)?;
+            eprintln!(
+                "filled a SQLite database ({} products) at {} in {:.0?}",
+                a.keys,
+                path.display(),
+                t.elapsed()
+            );
+            Some(path)
+        }
+        LoaderKind::Sleep => None,
+    };
+    if !a.json && std::io::stderr().is_terminal() {
+        // Context for the progress bars; the table repeats it on stdout.
+        eprintln!("{}", report::headline(&settings));
+    }
+
+    let exe = std::env::current_exe()?;
+    let mut con =
+        redis::Client::open(url.as_str())?.get_connection_with_timeout(Duration::from_secs(5))?;
+    con.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // A unique prefix per run and strategy: each strategy starts from an
+    // empty cache, and a shared Redis (REDIS_URL) is never flushed.
+    let run_id = format!("lt{:08x}", fastrand::u32(..));
+    let mut results: Vec<StrategyResult> = Vec::new();
+    for strategy in strategies {
+        let spec = WorkerSpec {
+            redis_url: url.clone(),
+            run: format!("{run_id}-{}", strategy.name()),
+            strategy,
+            tasks: settings.tasks,
+            keys: settings.keys,
+            dist: settings.dist,
+            zipf_s: settings.zipf_s,
+            hot_share,
+            loader: settings.loader,
+            loader_ms: settings.loader_ms,
+            db_path: db.as_ref().map(|p| p.to_path_buf()),
+            ttl_ms,
+            stale_ms: settings.stale_ms,
+            early_refresh_beta: settings.early_refresh_beta,
+            duration_ms,
+            bucket_ms: settings.bucket_ms,
+        };
+        run_workers(&exe, &mut con, &spec, settings.processes)?;
+        results.push(report::collect(
+            &mut con,
+            &spec.run,
+            strategy,
+            settings.processes,
+            &settings,
+        )?);
+    }
+
+    let report = Report {
+        settings,
+        strategies: results,
+    };
+    if let Some(path) = &a.chart {
+        chart::write_svg(path, &report)?;
+        eprintln!("chart written to {}", path.display());
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!();
+        report::print_table(&report);
+    }
+    Ok(())
+}
+
+/// The worker processes of one strategy. Dropping it kills those still
+/// running (only our own children, by handle), so an error path never
+/// leaves workers behind.
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Workers {
+    /// Exit statuses of the workers that have exited, if they all have.
+    fn all_exited(&mut self) -> Res<Option<Vec<ExitStatus>>> {
+        let mut done = Vec::new();
+        for child in &mut self.0 {
+            match child.try_wait()? {
+                Some(status) => done.push(status),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(done))
+    }
+
+    fn first_failure(&mut self) -> Res<Option<ExitStatus>> {
+        for child in &mut self.0 {
+            if let Some(status) = child.try_wait()?
+                && !status.success()
+            {
+                return Ok(Some(status));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn get_u64(con: &mut redis::Connection, key: &str) -> Res<u64> {
+    let v: Option<u64> = redis::cmd("GET").arg(key).query(con)?;
+    Ok(v.unwrap_or(0))
+}
+
+/// Starts the workers, releases them at one instant, shows progress, and
+/// waits until they have all exited.
+fn run_workers(
+    exe: &Path,
+    con: &mut redis::Connection,
+    spec: &WorkerSpec,
+    procs: usize,
+) -> Res<()> {
+    let run = &spec.run;
+    let json = serde_json::to_string(spec)?;
+    let mut workers = Workers(Vec::with_capacity(procs));
+    for index in 0..procs {
+        workers.0.push(
+            Command::new(exe)
+                .args(["worker", "--spec", &json, "--index", &index.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+    }
+
+    let bar = match spec.duration_ms {
+        Some(d) => ProgressBar::new(d),
+        None => ProgressBar::new(procs as u64),
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:<11} [{bar:30}] {elapsed:>4} {msg}")?
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(spec.strategy.name());
+    bar.set_message("starting workers");
+    bar.enable_steady_tick(Duration::from_millis(100));
+
+    // Every worker has built its client and connected before any starts:
+    // the release is one instant, not the spread of process start-up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get_u64(con, &format!("{run}:ready"))? < procs as u64 {
+        if let Some(status) = workers.first_failure()? {
+            return Err(format!(
+                "a {} worker failed before it was ready ({status})",
+                spec.strategy.name()
+            )
+            .into());
+        }
+        if Instant::now() > deadline {
+            return Err("workers not ready after 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // 200 ms ahead: workers poll for it every 1 ms, then sleep until it.
+    let go_ms = now_ms() + 200;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{run}:go"))
+        .arg(go_ms)
+        .query(con)?;
+
+    let limit = Duration::from_millis(spec.duration_ms.unwrap_or(0)) + Duration::from_secs(60);
+    let started = Instant::now();
+    let statuses = loop {
+        if let Some(statuses) = workers.all_exited()? {
+            break statuses;
+        }
+        if started.elapsed() > limit {
+            return Err(format!(
+                "{} workers still running after {limit:?}; killed",
+                spec.strategy.name()
+            )
+            .into());
+        }
+        let loads = get_u64(con, &format!("{run}:loads"))?;
+        match spec.duration_ms {
+            Some(d) => bar.set_position(now_ms().saturating_sub(go_ms).min(d)),
+            None => bar.set_position(
+                workers
+                    .0
+                    .iter_mut()
+                    .filter_map(|c| c.try_wait().ok().flatten())
+                    .count() as u64,
+            ),
+        }
+        bar.set_message(format!("{loads} loader calls"));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let loads = get_u64(con, &format!("{run}:loads"))?;
+    bar.set_position(bar.length().unwrap_or(0));
+    bar.finish_with_message(format!("done: {loads} loader calls"));
+    if let Some(status) = statuses.iter().find(|s| !s.success()) {
+        return Err(format!("a {} worker failed ({status})", spec.strategy.name()).into());
+    }
+    Ok(())
+}
