@@ -1,0 +1,304 @@
+//! L2 hit: `Cache::get_or_compute` with L1 turned off
+//! (`.local_ttl(Duration::ZERO)`), so every call reads Redis, side by side
+//! with a raw redis-rs `GET` of the same stored bytes on one multiplexed
+//! connection, with 1 and with 64 concurrent tasks on a `current_thread`
+//! Tokio runtime, in one run.
+//!
+//! | bench | what one operation does |
+//! |---|---|
+//! | `<group>/herdcache_get_or_compute` | `cache.get_or_compute(key, loader).await`: L1 miss, join the key's flight, `GET` on herdcache's `ConnectionManager` (one multiplexed RESP3 connection), decode the envelope and the value |
+//! | `<group>/raw_get` | `GET` of the same Redis key on one `MultiplexedConnection` (`client.get_multiplexed_async_connection()`, RESP2), returning the bytes undecoded: the baseline |
+//! | `<group>/raw_get_cm_resp3` | the same `GET` on a redis-rs `ConnectionManager` set up like herdcache's (RESP3, response and connection timeouts), to tell what herdcache's own code costs from what its choice of connection costs |
+//!
+//! | group | tasks | keys |
+//! |---|---|---|
+//! | `l2_hit_1_tasks` | 1 | one |
+//! | `l2_hit_64_tasks` | 64 | task `t` reads key `k<t>`: no two calls in flight share a key, so herdcache cannot coalesce them and every call is one `GET` |
+//! | `l2_hit_64_tasks_one_key` | 64 | all read `k0`: herdcache coalesces concurrent calls of one key onto one `GET` (its design), raw does not |
+//!
+//! Each criterion iteration is one operation; the tasks share the
+//! iterations, so criterion's time per iteration is 1 / throughput. Each
+//! operation's latency is recorded too, and p50/p90/p99 are printed after
+//! each group as `latency <group>/<bench> …` lines.
+//! Run: `cargo bench --bench l2_hit`. See `docs/BENCHMARKS.md`.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use herdcache::Cache;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::hint::black_box;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+/// The cached value: the same small struct as the L1 bench.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Item {
+    id: u64,
+    stock: u32,
+    name: String,
+}
+
+fn item() -> Item {
+    Item {
+        id: 42,
+        stock: 7,
+        name: "widget".to_owned(),
+    }
+}
+
+const NAMESPACE: &str = "bench-l2";
+const MAX_TASKS: u64 = 64;
+/// Every side's Redis timeout. herdcache's default (500 ms) is also
+/// redis-rs's, but on a shared 2-core machine a scheduler stall can exceed
+/// it and fail a call; a longer timer costs nothing more per call.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The cache key task `t` reads.
+fn key(t: u64) -> String {
+    format!("k{t}")
+}
+
+/// Where herdcache stores `key(t)` (see `src/keys.rs`); the raw side reads it.
+fn redis_key(t: u64) -> String {
+    format!("hc:{{{NAMESPACE}:{}}}:v", key(t))
+}
+
+/// Per-operation latencies of one bench, in nanoseconds.
+type Latencies = Arc<Mutex<Vec<u64>>>;
+
+/// Runs `iters` operations spread over `tasks` spawned tasks (`op(t)` in
+/// task `t`), records each operation's latency, and returns the wall time of
+/// the whole batch.
+async fn batch<F, Fut>(tasks: u64, iters: u64, lat: &Latencies, op: F) -> Duration
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let mut set = JoinSet::new();
+    let start = Instant::now();
+    for t in 0..tasks {
+        let share = iters / tasks + u64::from(t < iters % tasks);
+        let (op, lat) = (op.clone(), lat.clone());
+        set.spawn(async move {
+            let mut mine = Vec::with_capacity(share as usize);
+            for _ in 0..share {
+                let t0 = Instant::now();
+                op(t).await;
+                mine.push(t0.elapsed().as_nanos() as u64);
+            }
+            lat.lock().expect("latency lock").extend(mine);
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        done.expect("bench task");
+    }
+    start.elapsed()
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i] as f64 / 1000.0
+}
+
+fn report(name: &str, lat: &Latencies) {
+    let mut v = std::mem::take(&mut *lat.lock().expect("latency lock"));
+    if v.is_empty() {
+        return;
+    }
+    v.sort_unstable();
+    println!(
+        "latency {name}: n={} p50_us={:.1} p90_us={:.1} p99_us={:.1}",
+        v.len(),
+        percentile(&v, 0.50),
+        percentile(&v, 0.90),
+        percentile(&v, 0.99)
+    );
+}
+
+fn l2_hit(c: &mut Criterion) {
+    let server = support::RedisServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+
+    let (cache, conn, cm): (Cache<Item>, MultiplexedConnection, ConnectionManager) =
+        rt.block_on(async {
+            let cache = Cache::builder(NAMESPACE)
+                .redis_url(server.url())
+                .ttl(Duration::from_secs(3600))
+                .local_ttl(Duration::ZERO)
+                .redis_timeout(TIMEOUT)
+                .build()
+                .await
+                .expect("build cache");
+            for t in 0..MAX_TASKS {
+                cache.set(&key(t), item()).await.expect("set");
+            }
+            let client = redis::Client::open(server.url()).expect("client");
+            let conn = client
+                .get_multiplexed_async_connection_with_config(
+                    &redis::AsyncConnectionConfig::new().set_response_timeout(Some(TIMEOUT)),
+                )
+                .await
+                .expect("multiplexed connection");
+            // As herdcache's builder sets up its own (src/builder.rs), less the
+            // push channel and retry settings, which a GET never touches.
+            let info = client.get_connection_info().clone();
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            let resp3 = redis::Client::open(info.set_redis_settings(settings)).expect("client");
+            let cm = ConnectionManager::new_with_config(
+                resp3,
+                ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(TIMEOUT))
+                    .set_connection_timeout(Some(TIMEOUT)),
+            )
+            .await
+            .expect("connection manager");
+            (cache, conn, cm)
+        });
+
+    // Both sides must read the same bytes, and herdcache must really go to
+    // Redis (an L2 hit), not to L1 and not to the loader.
+    rt.block_on(async {
+        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(redis_key(0))
+            .query_async(&mut conn.clone())
+            .await
+            .expect("raw GET");
+        let bytes = bytes.expect("herdcache stored the value under redis_key(0)");
+        println!("l2_hit: stored value is {} bytes", bytes.len());
+        let before = cache.stats();
+        for _ in 0..3 {
+            cache
+                .get_or_compute(&key(0), || async {
+                    Err::<Item, _>(std::io::Error::other("miss"))
+                })
+                .await
+                .expect("herdcache L2 hit");
+        }
+        let after = cache.stats();
+        assert_eq!(after.l2_hits, before.l2_hits + 3, "not L2 hits");
+        assert_eq!(after.l1_hits, before.l1_hits, "L1 is supposed to be off");
+    });
+
+    let herd_keys: Arc<Vec<String>> = Arc::new((0..MAX_TASKS).map(key).collect());
+    let raw_keys: Arc<Vec<String>> = Arc::new((0..MAX_TASKS).map(redis_key).collect());
+    for (group_name, tasks, distinct) in [
+        ("l2_hit_1_tasks", 1u64, true),
+        ("l2_hit_64_tasks", MAX_TASKS, true),
+        ("l2_hit_64_tasks_one_key", MAX_TASKS, false),
+    ] {
+        let mut group = c.benchmark_group(group_name);
+        group.throughput(Throughput::Elements(1));
+        let herd_lat: Latencies = Arc::default();
+        let raw_lat: Latencies = Arc::default();
+        let cm_lat: Latencies = Arc::default();
+        let pick = move |t: u64| if distinct { t as usize } else { 0 };
+        let coalesced_before = cache.stats().coalesced;
+
+        group.bench_function(
+            BenchmarkId::from_parameter("herdcache_get_or_compute"),
+            |b| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let (cache, keys) = (cache.clone(), herd_keys.clone());
+                    let lat = herd_lat.clone();
+                    async move {
+                        batch(tasks, iters, &lat, move |t| {
+                            let (cache, keys) = (cache.clone(), keys.clone());
+                            async move {
+                                let v = cache
+                                    .get_or_compute(&keys[pick(t)], || async {
+                                        Ok::<_, std::io::Error>(item())
+                                    })
+                                    .await
+                                    .expect("get_or_compute");
+                                black_box(v);
+                            }
+                        })
+                        .await
+                    }
+                })
+            },
+        );
+        let coalesced = cache.stats().coalesced - coalesced_before;
+        group.bench_function(BenchmarkId::from_parameter("raw_get"), |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (conn, keys) = (conn.clone(), raw_keys.clone());
+                let lat = raw_lat.clone();
+                async move {
+                    batch(tasks, iters, &lat, move |t| {
+                        let (mut conn, keys) = (conn.clone(), keys.clone());
+                        async move {
+                            let v: Option<Vec<u8>> = redis::cmd("GET")
+                                .arg(&keys[pick(t)])
+                                .query_async(&mut conn)
+                                .await
+                                .expect("GET");
+                            black_box(v.expect("stored value"));
+                        }
+                    })
+                    .await
+                }
+            })
+        });
+        group.bench_function(BenchmarkId::from_parameter("raw_get_cm_resp3"), |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (cm, keys) = (cm.clone(), raw_keys.clone());
+                let lat = cm_lat.clone();
+                async move {
+                    batch(tasks, iters, &lat, move |t| {
+                        let (mut cm, keys) = (cm.clone(), keys.clone());
+                        async move {
+                            let v: Option<Vec<u8>> = redis::cmd("GET")
+                                .arg(&keys[pick(t)])
+                                .query_async(&mut cm)
+                                .await
+                                .expect("GET");
+                            black_box(v.expect("stored value"));
+                        }
+                    })
+                    .await
+                }
+            })
+        });
+        group.finish();
+        report(&format!("{group_name}/herdcache_get_or_compute"), &herd_lat);
+        report(&format!("{group_name}/raw_get"), &raw_lat);
+        report(&format!("{group_name}/raw_get_cm_resp3"), &cm_lat);
+        println!("coalesced {group_name}/herdcache_get_or_compute: {coalesced}");
+        if distinct {
+            assert_eq!(coalesced, 0, "distinct keys must not coalesce");
+        }
+    }
+
+    // Nothing above may have fallen back to the loader or failed in Redis.
+    let s = cache.stats();
+    assert_eq!(
+        (s.loads, s.redis_errors, s.l1_hits),
+        (0, 0, 0),
+        "stats: {s:?}"
+    );
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = l2_hit
+}
+criterion_main!(benches);

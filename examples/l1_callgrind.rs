@@ -1,0 +1,225 @@
+//! N L1 hits in a loop, for counting instructions per hit with callgrind.
+//!
+//! ```text
+//! cargo build --release --example l1_callgrind
+//! valgrind --tool=callgrind --callgrind-out-file=cg.herd.N \
+//!     target/release/examples/l1_callgrind herdcache 100000
+//! valgrind --tool=callgrind --callgrind-out-file=cg.herd.0 \
+//!     target/release/examples/l1_callgrind herdcache 0
+//! ```
+//!
+//! Instructions per hit = (Ir of the N run - Ir of the 0 run) / N: the setup
+//! (a `redis-server` child process, the Redis connection, the caches) is
+//! identical in both runs and cancels out. Modes:
+//!
+//! | mode | one hit is |
+//! |---|---|
+//! | `herdcache` | `cache.get_or_compute("k", loader).await` on a key in L1 |
+//! | `moka-future` | `moka::future::Cache::get("k").await` |
+//! | `moka-sync` | `moka::sync::Cache::get("k")` |
+//! | `herdcache-l2` | `get_or_compute("k", loader).await` on a cache built with `.local_ttl(Duration::ZERO)`: an L2 hit, one `GET` to Redis |
+//! | `raw-get` | a redis-rs `GET` of the same Redis key on one `MultiplexedConnection` |
+//! | `raw-get-cm` | the same `GET` on a redis-rs `ConnectionManager` with RESP3 and a response timeout, as herdcache sets up its own |
+//!
+//! The last two are not L1 hits: they count the client-side instructions of
+//! one L2 read (network waits cost no instructions), to find what herdcache
+//! adds around the `GET`.
+//!
+//! Every mode does the same setup (all three caches are built and filled),
+//! and every loop runs inside one `block_on` of a `current_thread` runtime.
+//! The mode can also come from `L1_MODE`, and N from `L1_HITS` (default
+//! 100000). See `docs/BENCHMARKS.md`.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use herdcache::Cache;
+use serde::{Deserialize, Serialize};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The cached value: the same small struct as `benches/l1_hit.rs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Item {
+    id: u64,
+    stock: u32,
+    name: String,
+}
+
+fn item() -> Item {
+    Item {
+        id: 42,
+        stock: 7,
+        name: "widget".to_owned(),
+    }
+}
+
+const KEY: &str = "k";
+const TTL: Duration = Duration::from_secs(3600);
+/// Every Redis timeout, on every side: valgrind slows everything ~50x.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Herdcache,
+    MokaFuture,
+    MokaSync,
+    HerdcacheL2,
+    RawGet,
+    RawGetCm,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: l1_callgrind [herdcache|moka-future|moka-sync|herdcache-l2|raw-get|raw-get-cm] [N]"
+    );
+    std::process::exit(2)
+}
+
+/// The timed loops, each its own function so `callgrind_annotate` (or
+/// `--toggle-collect`) can single them out.
+#[inline(never)]
+async fn herdcache_hits(cache: &Cache<Item>, n: u64) {
+    for _ in 0..n {
+        let v = cache
+            .get_or_compute(black_box(KEY), || async { Ok::<_, std::io::Error>(item()) })
+            .await;
+        black_box(v.is_ok());
+    }
+}
+
+#[inline(never)]
+async fn moka_future_hits(cache: &moka::future::Cache<String, Arc<Item>>, n: u64) {
+    for _ in 0..n {
+        black_box(cache.get(black_box(KEY)).await);
+    }
+}
+
+#[inline(never)]
+fn moka_sync_hits(cache: &moka::sync::Cache<String, Arc<Item>>, n: u64) {
+    for _ in 0..n {
+        black_box(cache.get(black_box(KEY)));
+    }
+}
+
+#[inline(never)]
+async fn raw_gets(conn: &mut impl redis::aio::ConnectionLike, key: &str, n: u64) {
+    for _ in 0..n {
+        let v: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(black_box(key))
+            .query_async(conn)
+            .await
+            .expect("GET");
+        black_box(v.expect("stored value"));
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mode = args
+        .next()
+        .or_else(|| std::env::var("L1_MODE").ok())
+        .unwrap_or_else(|| "herdcache".to_owned());
+    let mode = match mode.as_str() {
+        "herdcache" => Mode::Herdcache,
+        "moka-future" => Mode::MokaFuture,
+        "moka-sync" => Mode::MokaSync,
+        "herdcache-l2" => Mode::HerdcacheL2,
+        "raw-get" => Mode::RawGet,
+        "raw-get-cm" => Mode::RawGetCm,
+        _ => usage(),
+    };
+    let n: u64 = args
+        .next()
+        .or_else(|| std::env::var("L1_HITS").ok())
+        .map_or(100_000, |s| s.parse().unwrap_or_else(|_| usage()));
+
+    let server = support::RedisServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let cache: Cache<Item> = Cache::builder("l1-callgrind")
+            .redis_url(server.url())
+            .ttl(TTL)
+            .redis_timeout(TIMEOUT)
+            .build()
+            .await
+            .expect("build cache");
+        cache.set(KEY, item()).await.expect("set");
+        let l2_cache: Cache<Item> = Cache::builder("l1-callgrind")
+            .redis_url(server.url())
+            .ttl(TTL)
+            .local_ttl(Duration::ZERO)
+            .redis_timeout(TIMEOUT)
+            .build()
+            .await
+            .expect("build L2-only cache");
+        let client = redis::Client::open(server.url()).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(
+                &redis::AsyncConnectionConfig::new().set_response_timeout(Some(TIMEOUT)),
+            )
+            .await
+            .expect("multiplexed connection");
+        let info = client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let mut cm = redis::aio::ConnectionManager::new_with_config(
+            redis::Client::open(info.set_redis_settings(settings)).expect("client"),
+            redis::aio::ConnectionManagerConfig::new()
+                .set_response_timeout(Some(TIMEOUT))
+                .set_connection_timeout(Some(TIMEOUT)),
+        )
+        .await
+        .expect("connection manager");
+        let future_cache = moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(TTL)
+            .build();
+        let sync_cache = moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(TTL)
+            .build();
+        let value = Arc::new(item());
+        future_cache.insert(KEY.to_owned(), value.clone()).await;
+        sync_cache.insert(KEY.to_owned(), value);
+
+        let before = cache.stats().l1_hits;
+        let l2_before = l2_cache.stats().l2_hits;
+        match mode {
+            Mode::Herdcache => herdcache_hits(&cache, n).await,
+            Mode::MokaFuture => moka_future_hits(&future_cache, n).await,
+            Mode::MokaSync => moka_sync_hits(&sync_cache, n),
+            Mode::HerdcacheL2 => herdcache_hits(&l2_cache, n).await,
+            Mode::RawGet => raw_gets(&mut conn, "hc:{l1-callgrind:k}:v", n).await,
+            Mode::RawGetCm => raw_gets(&mut cm, "hc:{l1-callgrind:k}:v", n).await,
+        }
+        let l1_hits = cache.stats().l1_hits - before;
+        let l2_hits = l2_cache.stats().l2_hits - l2_before;
+        match mode {
+            Mode::Herdcache => assert_eq!(l1_hits, n, "every call must be an L1 hit"),
+            Mode::HerdcacheL2 => assert_eq!(l2_hits, n, "every call must be an L2 hit"),
+            _ => {}
+        }
+        println!(
+            "mode={} n={n} l1_hits={l1_hits} l2_hits={l2_hits}",
+            mode_name(mode)
+        );
+    });
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Herdcache => "herdcache",
+        Mode::MokaFuture => "moka-future",
+        Mode::MokaSync => "moka-sync",
+        Mode::HerdcacheL2 => "herdcache-l2",
+        Mode::RawGet => "raw-get",
+        Mode::RawGetCm => "raw-get-cm",
+    }
+}
