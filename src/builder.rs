@@ -182,7 +182,7 @@ impl<V, C: Codec> CacheBuilder<V, C> {
     }
 
     /// Caps how long a value stays in this process's memory, whatever its
-    /// TTL. Default: the TTL itself. L1 copies are the ones that must be
+    /// TTL. Default: `ttl` + `stale_for`. L1 copies are the ones that must be
     /// reached by pub/sub to be invalidated, so a short cap bounds the damage
     /// of a lost notice at the price of more Redis reads. `Duration::ZERO`
     /// turns L1 off (every read goes to Redis; loads are still coalesced).
@@ -354,7 +354,11 @@ where
         let origin = fastrand::u64(..);
         let local = Local::new(
             self.config.max_capacity,
-            self.config.local_ttl.unwrap_or(self.config.ttl),
+            // By default an L1 copy lives as long as the Redis copy (fresh +
+            // stale window): a stale hit then needs no Redis round trip.
+            self.config
+                .local_ttl
+                .unwrap_or(self.config.ttl + self.config.stale_for),
             self.config.early_refresh_beta,
         );
         let flights = Arc::new(Flights::default());
