@@ -13,31 +13,18 @@
 //! (criterion's `to_async`), so the runtime's cost is the same for each.
 //! Run: `cargo bench --bench l1_hit`. See `docs/BENCHMARKS.md`.
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use common::{Item, item};
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use herdcache::Cache;
-use serde::{Deserialize, Serialize};
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// The cached value: a small struct, shared as `Arc<Item>` by every tier.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Item {
-    id: u64,
-    stock: u32,
-    name: String,
-}
-
-fn item() -> Item {
-    Item {
-        id: 42,
-        stock: 7,
-        name: "widget".to_owned(),
-    }
-}
 
 /// What herdcache keeps per L1 entry (`src/local.rs`), rebuilt here so the
 /// baseline can be given the same per-entry expiry policy.

@@ -22,34 +22,21 @@
 //! each group as `latency <group>/<bench> …` lines.
 //! Run: `cargo bench --bench l2_hit`. See `docs/BENCHMARKS.md`.
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+use common::{Item, item};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use herdcache::Cache;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::hint::black_box;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
-
-/// The cached value: the same small struct as the L1 bench.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Item {
-    id: u64,
-    stock: u32,
-    name: String,
-}
-
-fn item() -> Item {
-    Item {
-        id: 42,
-        stock: 7,
-        name: "widget".to_owned(),
-    }
-}
 
 const NAMESPACE: &str = "bench-l2";
 const MAX_TASKS: u64 = 64;

@@ -16,32 +16,19 @@
 //! `value bytes` are the same envelope herdcache stores.
 //! Run: `cargo bench --bench lock`. See `docs/BENCHMARKS.md`.
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+use common::{Item, item};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use herdcache::Cache;
 use redis::aio::MultiplexedConnection;
-use serde::{Deserialize, Serialize};
 use std::cell::Cell;
 use std::hint::black_box;
 use std::time::Duration;
-
-/// The cached value: the same small struct as the other benches.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Item {
-    id: u64,
-    stock: u32,
-    name: String,
-}
-
-fn item() -> Item {
-    Item {
-        id: 42,
-        stock: 7,
-        name: "widget".to_owned(),
-    }
-}
 
 /// Every side's Redis timeout (see `benches/l2_hit.rs`).
 const TIMEOUT: Duration = Duration::from_secs(5);

@@ -30,30 +30,17 @@
 //! The mode can also come from `L1_MODE`, and N from `L1_HITS` (default
 //! 100000). See `docs/BENCHMARKS.md`.
 
+#[path = "../benches/common/mod.rs"]
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use common::{Item, item};
+
 use herdcache::Cache;
-use serde::{Deserialize, Serialize};
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The cached value: the same small struct as `benches/l1_hit.rs`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Item {
-    id: u64,
-    stock: u32,
-    name: String,
-}
-
-fn item() -> Item {
-    Item {
-        id: 42,
-        stock: 7,
-        name: "widget".to_owned(),
-    }
-}
 
 const KEY: &str = "k";
 const TTL: Duration = Duration::from_secs(3600);

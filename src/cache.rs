@@ -70,12 +70,6 @@ pub(crate) enum Decoded<V> {
     Stale(Header, V),
 }
 
-/// Why stored bytes were not used (decode errors are counted where found).
-pub(crate) enum Unusable {
-    Corrupt,
-    Expired,
-}
-
 impl<V, C> Cache<V, C>
 where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -173,7 +167,7 @@ where
         let keys = inner.remote.keys(key);
         match inner.remote.get(&keys).await {
             Ok(Some(bytes)) => match inner.decode(&bytes) {
-                Ok(Decoded::Fresh(header, value)) => {
+                Some(Decoded::Fresh(header, value)) => {
                     Counters::bump(&inner.stats.l2_hits);
                     let value = Arc::new(value);
                     flight.insert_unless_voided(&inner.local, key, value.clone(), &header);
@@ -182,7 +176,7 @@ where
                     flight.complete(Ok(value.clone()));
                     return Ok(value);
                 }
-                Ok(Decoded::Stale(header, value)) => {
+                Some(Decoded::Stale(header, value)) => {
                     let value = Arc::new(value);
                     // Into L1 as a stale entry: this process's next callers
                     // take the stale path without touching Redis.
@@ -192,7 +186,7 @@ where
                     drop(lead);
                     return Ok(inner.serve_stale(value, &flight).await);
                 }
-                Err(_) => {}
+                None => {}
             },
             Ok(None) => {}
             Err(e) => {
@@ -214,11 +208,9 @@ where
     pub async fn get(&self, key: &str) -> Result<Option<Arc<V>>, Error> {
         check_key(key)?;
         let inner = &self.inner;
-        if let Some(entry) = inner.local.get(key)
-            && Instant::now() < entry.fresh_until
-        {
+        if let Some(value) = inner.fresh_in_l1(key) {
             Counters::bump(&inner.stats.l1_hits);
-            return Ok(Some(entry.value));
+            return Ok(Some(value));
         }
         let keys = inner.remote.keys(key);
         let bytes = inner
@@ -227,7 +219,7 @@ where
             .await
             .map_err(|e| inner.redis_error("GET", e))?;
         match bytes.map(|b| inner.decode(&b)) {
-            Some(Ok(Decoded::Fresh(header, value))) => {
+            Some(Some(Decoded::Fresh(header, value))) => {
                 Counters::bump(&inner.stats.l2_hits);
                 let value = Arc::new(value);
                 inner.local.insert(key, value.clone(), &header);
@@ -256,10 +248,10 @@ where
         for (i, k) in keys.iter().enumerate() {
             let k = k.as_ref();
             check_key(k)?;
-            match inner.local.get(k) {
-                Some(entry) if Instant::now() < entry.fresh_until => {
+            match inner.fresh_in_l1(k) {
+                Some(value) => {
                     Counters::bump(&inner.stats.l1_hits);
-                    out.push(Some(entry.value));
+                    out.push(Some(value));
                 }
                 _ => {
                     out.push(None);
@@ -281,7 +273,7 @@ where
             .map_err(|e| inner.redis_error("MGET", e))?;
         for (&i, bytes) in missing.iter().zip(values) {
             match bytes.map(|b| inner.decode(&b)) {
-                Some(Ok(Decoded::Fresh(header, value))) => {
+                Some(Some(Decoded::Fresh(header, value))) => {
                     Counters::bump(&inner.stats.l2_hits);
                     let value = Arc::new(value);
                     inner.local.insert(keys[i].as_ref(), value.clone(), &header);
@@ -535,7 +527,7 @@ where
                 // A small value rides in the notice: take it straight into
                 // L1, so neither callers nor woken waiters need another GET.
                 match envelope.map(|bytes| self.decode(bytes)) {
-                    Some(Ok(Decoded::Fresh(header, value))) => {
+                    Some(Some(Decoded::Fresh(header, value))) => {
                         self.local.insert(key, Arc::new(value), &header)
                     }
                     _ => self.local.remove(key),
@@ -563,7 +555,7 @@ where
         }
     }
 
-    /// A fresh L1 value, for a flight re-checking after a wake-up.
+    /// A fresh L1 value (uncounted: callers count the hit as theirs).
     pub(crate) fn fresh_in_l1(&self, key: &str) -> Option<Arc<V>> {
         let entry = self.local.get(key)?;
         (Instant::now() < entry.fresh_until).then_some(entry.value)
@@ -620,21 +612,27 @@ where
         Ok((buf, px))
     }
 
-    pub(crate) fn decode(&self, bytes: &[u8]) -> Result<Decoded<V>, Unusable> {
-        let corrupt = || {
-            Counters::bump(&self.stats.decode_errors);
-            Unusable::Corrupt
-        };
+    /// The stored bytes as a fresh or stale value; `None` when they are
+    /// expired by our clock, or do not decode (counted in `decode_errors`).
+    pub(crate) fn decode(&self, bytes: &[u8]) -> Option<Decoded<V>> {
+        let corrupt = || Counters::bump(&self.stats.decode_errors);
         if bytes.len() > HEADER_LEN + self.config.max_value_size {
-            return Err(corrupt());
+            corrupt();
+            return None;
         }
-        let (header, payload) = Header::parse(bytes).map_err(|_| corrupt())?;
+        let Ok((header, payload)) = Header::parse(bytes) else {
+            corrupt();
+            return None;
+        };
         let now = now_ms();
         if header.stale_until_ms <= now {
-            return Err(Unusable::Expired);
+            return None;
         }
-        let value = self.codec.decode(payload).map_err(|_| corrupt())?;
-        Ok(if now < header.fresh_until_ms {
+        let Ok(value) = self.codec.decode(payload) else {
+            corrupt();
+            return None;
+        };
+        Some(if now < header.fresh_until_ms {
             Decoded::Fresh(header, value)
         } else {
             Decoded::Stale(header, value)

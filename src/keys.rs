@@ -104,6 +104,7 @@ impl Layout {
     }
 }
 
+#[inline]
 pub(crate) fn check_key(key: &str) -> Result<(), Error> {
     if key.len() > MAX_KEY_LEN {
         return Err(Error::new(

@@ -76,7 +76,7 @@ where
         if stale.is_some() {
             return;
         }
-        if let Some(Ok(Decoded::Stale(_, value) | Decoded::Fresh(_, value))) =
+        if let Some(Some(Decoded::Stale(_, value) | Decoded::Fresh(_, value))) =
             bytes.map(|b| self.decode(&b))
         {
             *stale = Some(Arc::new(value));
@@ -142,21 +142,19 @@ where
                 }
                 Probe::Value(bytes) => {
                     match self.decode(&bytes) {
-                        Ok(Decoded::Fresh(header, value)) => {
+                        Some(Decoded::Fresh(header, value)) => {
                             Counters::bump(&self.stats.l2_hits);
                             let value = Arc::new(value);
                             flight.insert_unless_voided(&self.local, key, value.clone(), &header);
                             return Ok(value);
                         }
-                        Ok(Decoded::Stale(_, value)) => {
-                            if stale.is_none() {
-                                stale = Some(Arc::new(value));
-                                self.offer_stale(flight, &stale);
-                            }
+                        Some(Decoded::Stale(_, value)) if stale.is_none() => {
+                            stale = Some(Arc::new(value));
+                            self.offer_stale(flight, &stale);
                         }
                         // Undecodable, or expired by our clock while Redis
                         // still holds it: rebuild it.
-                        Err(_) => {}
+                        _ => {}
                     }
                     // Bytes the script could not judge (not our header) or
                     // that our clock calls expired: take the lock now.
@@ -237,7 +235,7 @@ where
                     .await
             }
             Ok(Probe::Value(bytes)) => match self.decode(&bytes) {
-                Ok(Decoded::Fresh(header, value)) => {
+                Some(Decoded::Fresh(header, value)) => {
                     let value = Arc::new(value);
                     flight.insert_unless_voided(&self.local, key, value.clone(), &header);
                     Ok(value)

@@ -43,13 +43,10 @@ where
     let mut task = tokio::spawn(async move { loader().await });
     let timeout = tokio::time::sleep(load_timeout);
     tokio::pin!(timeout);
-    let period = lock.map_or(Duration::MAX, |(_, _, _, ttl)| ttl / 3);
-    let mut ticker = tokio::time::interval_at(
-        Instant::now()
-            .checked_add(period)
-            .unwrap_or_else(far_future),
-        period.max(Duration::from_millis(1)),
-    );
+    // Without a lock the tick branch below is disabled (`held` is false), so
+    // the period is then irrelevant.
+    let period = lock.map_or(Duration::from_secs(3600), |(_, _, _, ttl)| ttl / 3);
+    let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut held = lock.is_some();
     loop {
@@ -84,10 +81,6 @@ where
             }
         }
     }
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
