@@ -33,6 +33,13 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
 /// Worker options, as `--name value` pairs.
 struct Opts(HashMap<String, String>);
 
@@ -207,6 +214,11 @@ async fn steady(
     let end = start + Duration::from_millis(o.num("duration-ms", 5_000));
     // Requests in the warm-up (the cold first load) are not measured.
     let measure_from = start + Duration::from_millis(o.num("warmup-ms", 0));
+    // With --record-requests, every measured request is kept as (start in
+    // unix µs, latency in µs) and stored in Redis, so the test can pick out
+    // the requests that crossed an expiry (whose instants only the fleet's
+    // load times, known after the run, tell).
+    let record = o.num("record-requests", 0) == 1;
     let load_times = Arc::new(Mutex::new(Vec::new()));
     let loads = Arc::new(AtomicU64::new(0));
     tokio::time::sleep_until(start).await;
@@ -230,16 +242,17 @@ async fn steady(
     for t in 0..tasks {
         let (cache, load_times, loads) = (cache.clone(), load_times.clone(), loads.clone());
         handles.push(tokio::spawn(async move {
-            let (mut lat, mut errors) = (Vec::new(), Vec::new());
+            let (mut lat, mut errors, mut requests) = (Vec::new(), Vec::new(), Vec::new());
             let mut i = t;
             while tokio::time::Instant::now() < end {
                 let key = format!("k{}", i % keys);
                 i += 1;
                 let (load_times, loads) = (load_times.clone(), loads.clone());
+                let start_us = now_us();
                 let t0 = std::time::Instant::now();
                 let got = cache
                     .get_or_compute(&key, move || async move {
-                        load_times.lock().unwrap().push(now_ms());
+                        load_times.lock().unwrap().push(now_us());
                         loads.fetch_add(1, Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_millis(loader_ms)).await;
                         Ok::<_, std::io::Error>(Item {
@@ -249,21 +262,27 @@ async fn steady(
                     })
                     .await;
                 if tokio::time::Instant::from_std(t0) >= measure_from {
-                    lat.push(t0.elapsed().as_micros() as u64);
+                    let us = t0.elapsed().as_micros() as u64;
+                    lat.push(us);
+                    if record {
+                        requests.extend_from_slice(&start_us.to_le_bytes());
+                        requests.extend_from_slice(&us.to_le_bytes());
+                    }
                     if let Err(e) = got {
                         errors.push(e.to_string());
                     }
                 }
                 tokio::time::sleep(pause).await;
             }
-            (lat, errors)
+            (lat, errors, requests)
         }));
     }
-    let (mut lat, mut errors) = (Vec::new(), Vec::new());
+    let (mut lat, mut errors, mut requests) = (Vec::new(), Vec::new(), Vec::new());
     for h in handles {
-        let (l, e) = h.await.unwrap();
+        let (l, e, r) = h.await.unwrap();
         lat.extend(l);
         errors.extend(e);
+        requests.extend(r);
     }
     let recovered_at = canary.await.unwrap();
     lat.sort_unstable();
@@ -289,6 +308,11 @@ async fn steady(
             .ignore();
         if !times.is_empty() {
             pipe.rpush(format!("{run}:load_times"), &times).ignore();
+        }
+        if record {
+            // 16 bytes per request: start (unix µs), latency (µs), both u64 LE.
+            pipe.set(format!("{run}:req:{}", std::process::id()), &requests)
+                .ignore();
         }
         pipe.incr(format!("{run}:done"), 1).ignore();
         // A new connection each try: the old one died with the old server.

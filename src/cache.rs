@@ -14,7 +14,7 @@
 use serde::{Serialize, de::DeserializeOwned};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::builder::{CacheBuilder, Config, TtlFor};
 use crate::codec::{Codec, DefaultCodec};
@@ -116,16 +116,15 @@ where
     {
         check_key(key)?;
         let inner = &self.inner;
-        let now = Instant::now();
         let stale = match inner.local.get(key) {
-            Some(entry) if now < entry.fresh_until => {
+            Some((entry, now)) if now < entry.fresh_until => {
                 Counters::bump(&inner.stats.l1_hits);
                 if entry.refresh_early(now) {
                     inner.refresh_early(key, entry.value.clone(), entry.fresh_until_ms, loader);
                 }
                 return Ok(entry.value);
             }
-            Some(entry) => Some(entry.value),
+            Some((entry, _)) => Some(entry.value),
             None => None,
         };
         let (flight, leader) = inner.flights.join(key);
@@ -153,25 +152,20 @@ where
         // its task, `Leader`'s drop starts the task, so joined waiters are
         // still served.
         let mut lead = Leader {
-            start: Some(Box::new({
-                let (inner, key, flight) = (inner.clone(), key.to_owned(), flight.clone());
-                move |stale, redis_failed| {
-                    inner
-                        .clone()
-                        .spawn_flight(&key, flight, loader, stale, redis_failed, None)
-                }
-            })),
+            inner,
+            key,
+            flight: &flight,
+            loader: Some(loader),
             stale: None,
             redis_failed: false,
         };
-        let keys = inner.remote.keys(key);
-        match inner.remote.get(&keys).await {
+        match inner.remote.get(key).await {
             Ok(Some(bytes)) => match inner.decode(&bytes) {
                 Some(Decoded::Fresh(header, value)) => {
                     Counters::bump(&inner.stats.l2_hits);
                     let value = Arc::new(value);
                     flight.insert_unless_voided(&inner.local, key, value.clone(), &header);
-                    lead.start = None;
+                    lead.loader = None;
                     inner.flights.finish(key, &flight);
                     flight.complete(Ok(value.clone()));
                     return Ok(value);
@@ -212,10 +206,9 @@ where
             Counters::bump(&inner.stats.l1_hits);
             return Ok(Some(value));
         }
-        let keys = inner.remote.keys(key);
         let bytes = inner
             .remote
-            .get(&keys)
+            .get(key)
             .await
             .map_err(|e| inner.redis_error("GET", e))?;
         match bytes.map(|b| inner.decode(&b)) {
@@ -431,20 +424,39 @@ where
     }
 }
 
-type StartFlight<V> = Box<dyn FnOnce(Option<Arc<V>>, bool) + Send>;
-
 /// The leader's claim on a flight: dropping it while it still holds the
-/// start of the load (with the loader inside) spawns the load task.
-struct Leader<V> {
-    start: Option<StartFlight<V>>,
+/// loader spawns the load task. It borrows what it needs from the caller's
+/// future, so an L2 hit (where the loader never runs) allocates nothing here.
+struct Leader<'a, V, C, L>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+    L: LoadFn<V>,
+{
+    inner: &'a Arc<Inner<V, C>>,
+    key: &'a str,
+    flight: &'a Arc<Flight<V>>,
+    loader: Option<L>,
     stale: Option<Arc<V>>,
     redis_failed: bool,
 }
 
-impl<V> Drop for Leader<V> {
+impl<V, C, L> Drop for Leader<'_, V, C, L>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+    L: LoadFn<V>,
+{
     fn drop(&mut self) {
-        if let Some(start) = self.start.take() {
-            start(self.stale.take(), self.redis_failed);
+        if let Some(loader) = self.loader.take() {
+            self.inner.clone().spawn_flight(
+                self.key,
+                self.flight.clone(),
+                loader,
+                self.stale.take(),
+                self.redis_failed,
+                None,
+            );
         }
     }
 }
@@ -557,8 +569,8 @@ where
 
     /// A fresh L1 value (uncounted: callers count the hit as theirs).
     pub(crate) fn fresh_in_l1(&self, key: &str) -> Option<Arc<V>> {
-        let entry = self.local.get(key)?;
-        (Instant::now() < entry.fresh_until).then_some(entry.value)
+        let (entry, now) = self.local.get(key)?;
+        (now < entry.fresh_until).then_some(entry.value)
     }
 
     pub(crate) fn redis_error(&self, op: &str, e: redis::RedisError) -> Error {

@@ -85,22 +85,57 @@ impl Layout {
     }
 
     pub(crate) fn keys(&self, key: &str) -> RedisKeys {
-        use std::fmt::Write;
-        let mut value = String::with_capacity(self.namespace.len() + key.len() + 16);
-        match self.generation.load(Relaxed) {
-            0 => value.push_str("hc:{"),
-            g => {
-                let _ = write!(value, "hc:g{g}:{{");
-            }
-        }
-        value.push_str(&self.namespace);
-        value.push(':');
-        value.push_str(key);
-        value.push_str("}:");
+        let value = self.value_key(key);
         let mut lock = value.clone();
-        value.push('v');
+        lock.pop();
         lock.push('l');
         RedisKeys { value, lock }
+    }
+
+    /// The value key alone: a plain read needs no lock key.
+    pub(crate) fn value_key(&self, key: &str) -> String {
+        let mut value = Vec::with_capacity(self.namespace.len() + key.len() + 16);
+        self.write_value_key(&mut value, key)
+            .expect("writes to a Vec do not fail");
+        String::from_utf8(value).expect("built from str pieces")
+    }
+
+    /// The value key as a command argument, for the L2 hit's `GET`: built on
+    /// the stack when it fits, so that path allocates no `String` for it.
+    pub(crate) fn value_key_arg<'a>(&'a self, key: &'a str) -> ValueKeyArg<'a> {
+        ValueKeyArg { layout: self, key }
+    }
+
+    fn write_value_key(&self, out: &mut impl std::io::Write, key: &str) -> std::io::Result<()> {
+        match self.generation.load(Relaxed) {
+            0 => out.write_all(b"hc:{")?,
+            g => write!(out, "hc:g{g}:{{")?,
+        }
+        out.write_all(self.namespace.as_bytes())?;
+        out.write_all(b":")?;
+        out.write_all(key.as_bytes())?;
+        out.write_all(b"}:v")
+    }
+}
+
+/// See [`Layout::value_key_arg`].
+pub(crate) struct ValueKeyArg<'a> {
+    layout: &'a Layout,
+    key: &'a str,
+}
+
+impl redis::ToRedisArgs for ValueKeyArg<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        let mut buf = [0u8; 256];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        match self.layout.write_value_key(&mut cursor, self.key) {
+            Ok(()) => {
+                let len = cursor.position() as usize;
+                out.write_arg(&buf[..len]);
+            }
+            // Too long for the stack buffer.
+            Err(_) => out.write_arg(self.layout.value_key(self.key).as_bytes()),
+        }
     }
 }
 
@@ -141,6 +176,20 @@ mod tests {
         }
         assert_eq!(layout.keys("42").value, "hc:{products:42}:v");
         assert_eq!(hash_tag("hc:{products:42}:v"), "products:42");
+    }
+
+    #[test]
+    fn the_value_key_argument_is_the_value_key() {
+        use redis::ToRedisArgs;
+        let layout = Layout::new("ns").unwrap();
+        for generation in [0, 7] {
+            layout.advance_generation(generation);
+            for key in ["42", "", "a}b", "ключ", &"x".repeat(300)] {
+                let arg = layout.value_key_arg(key).to_redis_args();
+                assert_eq!(arg, vec![layout.keys(key).value.into_bytes()]);
+            }
+        }
+        assert_eq!(layout.keys("1").value, "hc:g7:{ns:1}:v");
     }
 
     #[test]

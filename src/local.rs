@@ -7,14 +7,13 @@
 //! `invalidate`, keep running when the caller is dropped), so we keep our own
 //! table, and the sync cache gives a hit path with no `.await` at all.
 
-use moka::Expiry;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::envelope::{Header, now_ms};
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 
 /// One L1 entry: the shared value and when it stops being fresh.
 pub(crate) struct Entry<V> {
@@ -64,32 +63,18 @@ impl<V> Entry<V> {
     }
 }
 
-struct PerEntryExpiry;
-
-impl<V> Expiry<String, Entry<V>> for PerEntryExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        entry: &Entry<V>,
-        created_at: Instant,
-    ) -> Option<Duration> {
-        Some(entry.expires_at.saturating_duration_since(created_at))
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &String,
-        entry: &Entry<V>,
-        updated_at: Instant,
-        _current: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(entry.expires_at.saturating_duration_since(updated_at))
-    }
-}
-
 /// The moka tier. Cheap to clone (moka's cache is an `Arc` inside).
+///
+/// moka expires entries by one cache-wide `time_to_live` (= `local_ttl`), and
+/// each entry's own, possibly shorter, life (`expires_at`: stale-until, a
+/// negative TTL) is checked here on read. A per-entry `moka::Expiry` would
+/// say the same thing, but moka then does expiry bookkeeping on every read
+/// (~50 ns per hit measured: docs/BENCHMARKS.md), which is the L1 hit's whole
+/// budget over raw moka. The price: an entry past its own life occupies its
+/// slot until `local_ttl` or eviction, unless a read removes it first.
 pub(crate) struct Local<V> {
-    cache: moka::sync::Cache<String, Entry<V>>,
+    /// `None` when `local_ttl` is zero: no L1, and no moka work on any path.
+    cache: Option<moka::sync::Cache<String, Entry<V>>>,
     local_ttl: Duration,
     beta: f64,
 }
@@ -106,26 +91,44 @@ impl<V> Clone for Local<V> {
 
 impl<V: Send + Sync + 'static> Local<V> {
     pub(crate) fn new(max_capacity: u64, local_ttl: Duration, beta: f64) -> Self {
-        Local {
-            cache: moka::sync::Cache::builder()
+        let cache = (!local_ttl.is_zero()).then(|| {
+            moka::sync::Cache::builder()
                 .max_capacity(max_capacity)
-                .expire_after(PerEntryExpiry)
-                .build(),
+                .time_to_live(local_ttl)
+                .build()
+        });
+        Local {
+            cache,
             local_ttl,
             beta,
         }
     }
 
-    /// The entry, if any. Freshness is the caller's question.
+    /// False when `local_ttl` is zero.
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    /// The entry, if it is alive (fresh or stale), with the instant it was
+    /// judged at. Freshness is the caller's question. The clock is read only
+    /// after a lookup that found something: a miss, or no L1, costs no read.
     #[inline]
-    pub(crate) fn get(&self, key: &str) -> Option<Entry<V>> {
-        self.cache.get(key)
+    pub(crate) fn get(&self, key: &str) -> Option<(Entry<V>, Instant)> {
+        let entry = self.cache.as_ref()?.get(key)?;
+        let now = Instant::now();
+        if now < entry.expires_at {
+            Some((entry, now))
+        } else {
+            self.remove(key);
+            None
+        }
     }
 
     /// Keeps `value` until the header's stale-until instant, but never longer
     /// than `local_ttl`: L1 copies are the ones other processes can only
     /// reach by pub/sub, so their life is capped independently.
     pub(crate) fn insert(&self, key: &str, value: Arc<V>, header: &Header) {
+        let Some(cache) = &self.cache else { return };
         let now = Instant::now();
         let now_unix = now_ms();
         let at = |unix_ms: u64| now + Duration::from_millis(unix_ms.saturating_sub(now_unix));
@@ -145,7 +148,7 @@ impl<V: Send + Sync + 'static> Local<V> {
         let early_from = fresh_until
             .checked_sub(Duration::from_secs_f64(window))
             .unwrap_or(now);
-        self.cache.insert(
+        cache.insert(
             key.to_owned(),
             Entry {
                 value,
@@ -159,53 +162,69 @@ impl<V: Send + Sync + 'static> Local<V> {
     }
 
     pub(crate) fn remove(&self, key: &str) {
-        self.cache.invalidate(key);
+        if let Some(cache) = &self.cache {
+            cache.invalidate(key);
+        }
     }
 
     pub(crate) fn clear(&self) {
-        self.cache.invalidate_all();
+        if let Some(cache) = &self.cache {
+            cache.invalidate_all();
+        }
     }
 }
 
 pub(crate) type Outcome<V> = Result<Arc<V>, Error>;
 
 /// One load in flight in this process; every caller of the key awaits it.
+///
+/// A `OnceLock` plus a `Notify`, not a `watch` channel: the common flight
+/// (an L2 hit) completes with nobody waiting, and `watch` would allocate its
+/// shared state and wake eight `Notify`s on send and again on drop.
 pub(crate) struct Flight<V> {
-    result: watch::Sender<Option<Outcome<V>>>,
+    result: OnceLock<Outcome<V>>,
+    done: Notify,
     /// Set by `set`/`invalidate` of the key. A mutex, not an atomic, so that
     /// "not voided, so insert into L1" is one step that `void` cannot split.
     voided: Mutex<bool>,
 }
 
 impl<V> Flight<V> {
-    /// Waits for the outcome. The load runs in its own task, so dropping this
-    /// future abandons only the wait, never the load.
+    fn new() -> Self {
+        Flight {
+            result: OnceLock::new(),
+            done: Notify::new(),
+            voided: Mutex::new(false),
+        }
+    }
+
+    /// Waits for the outcome. The load runs in its own task (which settles
+    /// the flight even if it panics), so dropping this future abandons only
+    /// the wait, never the load.
     pub(crate) async fn wait(&self) -> Outcome<V> {
-        let mut rx = self.result.subscribe();
-        match rx.wait_for(Option::is_some).await {
-            Ok(done) => done.as_ref().expect("checked by wait_for").clone(),
-            Err(_) => Err(Error::new(
-                ErrorKind::LoaderPanicked,
-                "the load task ended without a result",
-            )),
+        loop {
+            // Registered before the check, so a `complete` between the check
+            // and the await still wakes us.
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(outcome) = self.result.get() {
+                return outcome.clone();
+            }
+            notified.await;
         }
     }
 
     /// Settles the flight. The first outcome wins: a flight that answered
     /// early with a stale value keeps that answer for late joiners.
     pub(crate) fn complete(&self, outcome: Outcome<V>) {
-        self.result.send_if_modified(|slot| {
-            if slot.is_none() {
-                *slot = Some(outcome);
-                true
-            } else {
-                false
-            }
-        });
+        if self.result.set(outcome).is_ok() {
+            self.done.notify_waiters();
+        }
     }
 
     pub(crate) fn is_complete(&self) -> bool {
-        self.result.borrow().is_some()
+        self.result.get().is_some()
     }
 
     /// True once `set` or `invalidate` ran for the key after this load
@@ -227,6 +246,9 @@ impl<V> Flight<V> {
     ) where
         V: Send + Sync + 'static,
     {
+        if !local.is_enabled() {
+            return;
+        }
         let voided = self.voided.lock().expect("voided lock");
         if !*voided {
             local.insert(key, value, header);
@@ -235,14 +257,19 @@ impl<V> Flight<V> {
 }
 
 /// The table of loads in flight, by key.
+///
+/// Every L2 hit registers and removes a flight (so that concurrent misses of
+/// one key share one `GET`), i.e. hashes its key twice or three times; foldhash
+/// (seeded per table, so keys chosen by an attacker cannot aim at one
+/// bucket) costs a fraction of std's SipHash for that.
 pub(crate) struct Flights<V> {
-    map: Mutex<HashMap<Box<str>, Arc<Flight<V>>>>,
+    map: Mutex<HashMap<Box<str>, Arc<Flight<V>>, foldhash::fast::RandomState>>,
 }
 
 impl<V> Default for Flights<V> {
     fn default() -> Self {
         Flights {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(HashMap::default()),
         }
     }
 }
@@ -255,10 +282,7 @@ impl<V> Flights<V> {
         if let Some(f) = map.get(key) {
             return (f.clone(), false);
         }
-        let flight = Arc::new(Flight {
-            result: watch::channel(None).0,
-            voided: Mutex::new(false),
-        });
+        let flight = Arc::new(Flight::new());
         map.insert(key.into(), flight.clone());
         (flight, true)
     }
@@ -266,8 +290,12 @@ impl<V> Flights<V> {
     /// Removes `flight` from the table if it is still the registered one.
     pub(crate) fn finish(&self, key: &str, flight: &Arc<Flight<V>>) {
         let mut map = self.map.lock().expect("flights lock");
-        if map.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
-            map.remove(key);
+        // One lookup in the common case; a newer flight (ours was voided)
+        // goes back under its own boxed key, so nothing is allocated.
+        if let Some((k, f)) = map.remove_entry(key)
+            && !Arc::ptr_eq(&f, flight)
+        {
+            map.insert(k, f);
         }
     }
 
@@ -318,7 +346,7 @@ mod tests {
             stale_until_ms: now + 60_000,
         };
         local.insert("k", Arc::new(1), &header);
-        let e = local.get("k").unwrap();
+        let e = local.get("k").unwrap().0;
         let t = Instant::now();
         assert!(
             (0..1000).all(|_| !e.refresh_early(t)),
@@ -341,7 +369,7 @@ mod tests {
             stale_until_ms: now + 60_000,
         };
         local.insert("k", Arc::new(7), &header);
-        let e = local.get("k").unwrap();
+        let e = local.get("k").unwrap().0;
         assert!(e.fresh_until <= Instant::now() + Duration::from_millis(50));
         let expired = Header {
             fresh_until_ms: now.saturating_sub(10),

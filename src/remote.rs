@@ -143,10 +143,11 @@ impl Remote {
         Notice::encode(kind, self.origin, key, envelope)
     }
 
-    pub(crate) async fn get(&self, keys: &RedisKeys) -> RedisResult<Option<Vec<u8>>> {
+    /// `GET` of the value of the user's `key`.
+    pub(crate) async fn get(&self, key: &str) -> RedisResult<Option<Vec<u8>>> {
         self.call(async {
             redis::cmd("GET")
-                .arg(&keys.value)
+                .arg(self.layout.value_key_arg(key))
                 .query_async(&mut ConnectionManager::clone(&self.conn))
                 .await
         })

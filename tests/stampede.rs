@@ -318,18 +318,14 @@ fn expiry_under_load_with_a_stale_window_refreshes_once_and_nobody_waits() {
             // Early refresh off: this test is about the stale window.
             "--beta-pct",
             "0",
+            "--record-requests",
+            "1",
         ],
         |_| {},
     );
     let mut con = server.connection();
-    let mut times: Vec<u64> = redis::cmd("LRANGE")
-        .arg("exp:load_times")
-        .arg(0)
-        .arg(-1)
-        .query(&mut con)
-        .unwrap();
-    times.sort_unstable();
-    let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    let times = load_times_us(&mut con, "exp");
+    let gaps: Vec<u64> = times.windows(2).map(|w| (w[1] - w[0]) / 1000).collect();
     println!("{} loads, gaps between loads (ms): {gaps:?}", times.len());
     // One load per expiry: consecutive loads are a full TTL apart, never two
     // for the same expiry.
@@ -356,6 +352,96 @@ fn expiry_under_load_with_a_stale_window_refreshes_once_and_nobody_waits() {
             "a request waited for the loader: {max} us"
         );
     }
+    // The requests that crossed an expiry, against the steady ones. Every
+    // refresh (all loads but the cold first one) starts when the first
+    // caller finds the value expired, so an expiry is at its load's start,
+    // in every process alike (the expiry instant is in the shared envelope).
+    let requests = recorded_requests(&mut con, "exp");
+    let refreshes = &times[1..];
+    let near = |r: &(u64, u64), before: u64, after: u64| {
+        refreshes
+            .iter()
+            .any(|&l| r.0 <= l + after && r.0 + r.1 + before >= l)
+    };
+    // In flight at the expiry, or started within 2 ms of it: about the one
+    // request per task that saw the value turn stale (tasks pause ~1 ms).
+    let mut crossing: Vec<u64> = requests
+        .iter()
+        .filter(|r| near(r, 2_000, 2_000))
+        .map(|r| r.1)
+        .collect();
+    // Until the refresh has filled: served stale.
+    let window_us = (LOADER_MS + 10) * 1000;
+    let mut refreshing: Vec<u64> = requests
+        .iter()
+        .filter(|r| near(r, 2_000, window_us))
+        .map(|r| r.1)
+        .collect();
+    let mut steady: Vec<u64> = requests
+        .iter()
+        .filter(|r| !near(r, 2_000, window_us))
+        .map(|r| r.1)
+        .collect();
+    for v in [&mut crossing, &mut refreshing, &mut steady] {
+        v.sort_unstable();
+    }
+    let p999 = support::percentile(&steady, 0.999);
+    let worst = *crossing.last().expect("requests crossed the expiries");
+    println!(
+        "expiries {}: {} requests crossed one, slowest {worst} us = {:.2}x the steady p99.9 \
+         of {p999} us ({} steady requests, p50 {} us); during the refreshes {} requests, \
+         p99.9 {} us, max {} us",
+        refreshes.len(),
+        crossing.len(),
+        worst as f64 / p999 as f64,
+        steady.len(),
+        support::percentile(&steady, 0.5),
+        refreshing.len(),
+        support::percentile(&refreshing, 0.999),
+        refreshing.last().unwrap(),
+    );
+    println!(
+        "slowest crossing requests (us): {:?}; slower than 2x p99.9: {}",
+        &crossing[crossing.len().saturating_sub(12)..],
+        crossing.iter().filter(|&&l| l > 2 * p999).count()
+    );
+    assert!(
+        crossing.len() >= 8 * refreshes.len(),
+        "every task's requests around each expiry were recorded"
+    );
+}
+
+/// Load start times of a steady run (unix µs), sorted.
+fn load_times_us(con: &mut redis::Connection, run: &str) -> Vec<u64> {
+    let mut times: Vec<u64> = redis::cmd("LRANGE")
+        .arg(format!("{run}:load_times"))
+        .arg(0)
+        .arg(-1)
+        .query(con)
+        .unwrap();
+    times.sort_unstable();
+    times
+}
+
+/// Every process's `(start in unix µs, latency in µs)` per request, from a
+/// steady run with `--record-requests 1`.
+fn recorded_requests(con: &mut redis::Connection, run: &str) -> Vec<(u64, u64)> {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{run}:req:*"))
+        .query(con)
+        .unwrap();
+    let mut all = Vec::new();
+    for k in keys {
+        let bytes: Vec<u8> = redis::cmd("GET").arg(&k).query(con).unwrap();
+        all.extend(bytes.chunks_exact(16).map(|c| {
+            let (start, lat) = c.split_at(8);
+            (
+                u64::from_le_bytes(start.try_into().unwrap()),
+                u64::from_le_bytes(lat.try_into().unwrap()),
+            )
+        }));
+    }
+    all
 }
 
 #[test]
@@ -392,14 +478,8 @@ fn early_refresh_reloads_before_expiry_so_nobody_sees_it() {
         |_| {},
     );
     let mut con = server.connection();
-    let mut times: Vec<u64> = redis::cmd("LRANGE")
-        .arg("xf:load_times")
-        .arg(0)
-        .arg(-1)
-        .query(&mut con)
-        .unwrap();
-    times.sort_unstable();
-    let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    let times = load_times_us(&mut con, "xf");
+    let gaps: Vec<u64> = times.windows(2).map(|w| (w[1] - w[0]) / 1000).collect();
     println!("{} loads, gaps (ms): {gaps:?}", times.len());
     assert!(
         gaps.iter().all(|g| *g < TTL_MS),
