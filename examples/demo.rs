@@ -147,6 +147,9 @@ async fn worker(o: Opts) {
                     let _: () = con.rpush(format!("{run}:load_started"), now_ms()).await?;
                     let _: u64 = con.incr(format!("{run}:loads"), 1).await?;
                     tokio::time::sleep(Duration::from_millis(loader_ms)).await;
+                    // The fill is after this: a caller's end minus this
+                    // bounds the fill-to-wake time from above.
+                    let _: () = con.rpush(format!("{run}:load_ended"), now_us()).await?;
                     Ok::<_, redis::RedisError>(Item {
                         nonce: fastrand::u64(..),
                         loaded_by: std::process::id(),
@@ -163,15 +166,17 @@ async fn worker(o: Opts) {
                     .await
                     .map_err(|e| e.to_string()),
             };
-            (t0.elapsed().as_micros() as u64, got)
+            (t0.elapsed().as_micros() as u64, now_us(), got)
         }));
     }
     let mut lat = Vec::new();
+    let mut ends = Vec::new();
     let mut seen = Vec::new();
     let mut errors = Vec::new();
     for h in handles {
-        let (us, got) = h.await.unwrap();
+        let (us, end, got) = h.await.unwrap();
         lat.push(us);
+        ends.push(end);
         match got {
             Ok(nonce) => seen.push(nonce),
             Err(e) => errors.push(e),
@@ -180,6 +185,7 @@ async fn worker(o: Opts) {
     let mut pipe = redis::pipe();
     if !lat.is_empty() {
         pipe.rpush(format!("{run}:lat"), &lat).ignore();
+        pipe.rpush(format!("{run}:ends"), &ends).ignore();
     }
     if !seen.is_empty() {
         pipe.rpush(format!("{run}:seen"), &seen).ignore();

@@ -189,6 +189,13 @@ pub fn demo_bin() -> PathBuf {
         .clone()
 }
 
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -202,6 +209,14 @@ pub struct RunReport {
     pub seen: Vec<u64>,
     pub errors: Vec<String>,
     pub lat_us: Vec<u64>,
+    /// Per caller: when it got its answer, less when the (single) load's
+    /// loader returned, in µs, sorted. Empty unless exactly one load ran.
+    pub after_load_us: Vec<u64>,
+    /// Per caller: when it got its answer, less when the fill's notice
+    /// reached a subscriber in this test process (the fill instant plus one
+    /// pub/sub delivery), in µs, sorted; 0 for callers done before that.
+    /// Empty if no fill notice was seen (herdcache off).
+    pub after_fill_us: Vec<u64>,
     pub stats: Vec<String>,
 }
 
@@ -231,6 +246,19 @@ pub fn run_stampede(
                 .expect("spawn worker")
         })
         .collect();
+    // Watches the demo namespace's bus for the first notice (the fill's),
+    // to time callers' answers from the fill itself.
+    let fill_seen = {
+        let mut sub = redis::Client::open(url).unwrap().get_connection().unwrap();
+        sub.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let channel = format!("hc:bus:demo-{run}");
+        std::thread::spawn(move || {
+            let mut pubsub = sub.as_pubsub();
+            pubsub.subscribe(&channel).ok()?;
+            pubsub.get_message().ok()?;
+            Some(unix_us())
+        })
+    };
     let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -275,7 +303,27 @@ pub fn run_stampede(
         .map(|s| s.parse().unwrap())
         .collect();
     lat_us.sort_unstable();
+    let ends: Vec<u64> = list(&mut con, "ends")
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let since = |t: u64| {
+        let mut v: Vec<u64> = ends.iter().map(|e| e.saturating_sub(t)).collect();
+        v.sort_unstable();
+        v
+    };
+    let load_ended = list(&mut con, "load_ended");
+    let after_load_us = match load_ended.as_slice() {
+        [ended] => since(ended.parse().unwrap()),
+        _ => Vec::new(),
+    };
+    let after_fill_us = match fill_seen.join().unwrap() {
+        Some(t) if !load_ended.is_empty() => since(t),
+        _ => Vec::new(),
+    };
     RunReport {
+        after_load_us,
+        after_fill_us,
         loads: loads.unwrap_or(0),
         seen: list(&mut con, "seen")
             .iter()
