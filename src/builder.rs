@@ -5,14 +5,13 @@ use redis::{Client, ProtocolVersion};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 use crate::cache::{Cache, Inner};
 use crate::codec::{Codec, DefaultCodec};
 use crate::error::{Error, ErrorKind};
 use crate::keys::Layout;
 use crate::local::{Flights, Local};
-use crate::notify::{Waiters, spawn_listener};
+use crate::notify::{Bus, Waiters, spawn_listener};
 use crate::remote::Remote;
 use crate::stats::Counters;
 
@@ -330,7 +329,9 @@ where
         let client = Client::open(info.set_redis_settings(settings))
             .map_err(|e| Error::with_source(ErrorKind::Config, "Redis client", e))?;
 
-        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let origin = fastrand::u64(..);
+        let waiters = Arc::new(Waiters::default());
+        let (bus, push_rx) = Bus::new(waiters.clone(), origin);
         let timeout = self.config.redis_timeout;
         let manager_config = ConnectionManagerConfig::new()
             // No response timeout of the manager's own: every call is bounded
@@ -344,7 +345,7 @@ where
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500))
             .set_number_of_retries(3)
-            .set_push_sender(push_tx)
+            .set_push_sender(bus.sender())
             .set_automatic_resubscription();
         let mut conn = ConnectionManager::new_with_config(client, manager_config)
             .await
@@ -355,7 +356,6 @@ where
 
         let conn = Arc::new(conn);
         let stats = Arc::new(Counters::default());
-        let origin = fastrand::u64(..);
         let local = Local::new(
             self.config.max_capacity,
             // By default an L1 copy lives as long as the Redis copy (fresh +
@@ -366,7 +366,6 @@ where
             self.config.early_refresh_beta,
         );
         let flights = Arc::new(Flights::default());
-        let waiters = Arc::new(Waiters::default());
         let inner = Arc::new(Inner {
             remote: Remote::new(
                 conn.clone(),
@@ -379,6 +378,7 @@ where
             local,
             flights,
             waiters: waiters.clone(),
+            bus: bus.clone(),
             stats,
             config: self.config,
             codec: self.codec,
@@ -388,18 +388,12 @@ where
         // whose pushes feed the listener, so a strong reference would be a
         // cycle that outlives every `Cache` handle.
         let weak = Arc::downgrade(&inner);
-        spawn_listener(
-            push_rx,
-            waiters,
-            Box::new(move |event| {
-                if let Some(inner) = weak.upgrade() {
-                    inner.on_bus(event);
-                }
-            }),
-            origin,
-            Arc::downgrade(&conn),
-            timeout,
-        );
+        bus.attach(Box::new(move |event| {
+            if let Some(inner) = weak.upgrade() {
+                inner.on_bus(event);
+            }
+        }));
+        spawn_listener(push_rx, bus, Arc::downgrade(&conn), timeout);
         inner
             .remote
             .sync_generation()

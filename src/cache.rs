@@ -23,7 +23,7 @@ use crate::error::{Error, ErrorKind};
 use crate::keys::check_key;
 use crate::load::LoadFn;
 use crate::local::{Flight, Flights, Local};
-use crate::notify::{BusEvent, Waiters};
+use crate::notify::{Bus, BusEvent, Waiters};
 use crate::remote::Remote;
 use crate::stats::{Counters, Stats};
 
@@ -48,6 +48,7 @@ pub(crate) struct Inner<V, C> {
     pub(crate) local: Local<V>,
     pub(crate) flights: Arc<Flights<V>>,
     pub(crate) waiters: Arc<Waiters>,
+    pub(crate) bus: Arc<Bus>,
     pub(crate) stats: Arc<Counters>,
     pub(crate) config: Config,
     pub(crate) codec: C,
@@ -345,6 +346,7 @@ where
         // not keep a value Redis may already have replaced.
         inner.flights.void(key);
         inner.local.remove(key);
+        inner.bus.expect_change(key);
         let written = inner.remote.set(key, &keys, &envelope, px).await;
         // Void after the write: a local load that read Redis before it must
         // not put its older value into L1 afterwards.
@@ -377,6 +379,7 @@ where
         let keys = inner.remote.keys(key);
         inner.flights.void(key);
         inner.local.remove(key);
+        inner.bus.expect_change(key);
         let done = inner.remote.invalidate(key, &keys).await;
         inner.flights.void(key);
         inner.local.remove(key);
@@ -412,6 +415,7 @@ where
         let inner = &self.inner;
         inner.flights.void_all();
         inner.local.clear();
+        inner.bus.expect_clear();
         let done = inner.remote.clear().await;
         inner.flights.void_all();
         inner.local.clear();

@@ -22,6 +22,7 @@
 use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value};
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
@@ -190,70 +191,193 @@ impl Drop for Watch {
     }
 }
 
-/// Applies pushes from the connection until the connection manager is gone.
-/// L1 is updated *before* waiters are woken, so a woken waiter finds the new
-/// value there, and its own L1 insert is never undone by the notice that
-/// woke it.
+/// Where the connection hands us its pushes.
+///
+/// Notices are applied in redis-rs's push callback, in the order they were
+/// published (the manager forwards pushes from its read loop through one
+/// channel to one task that calls us), with no further hop through a task of
+/// ours. That order is the same for every process, but a push and a
+/// *reply* travel separately: a fill notice published just before our own
+/// `invalidate` may be applied after the `invalidate` call has returned,
+/// and would put the old value back into our L1 (the randomized consistency
+/// checker caught exactly that). So our own writes are announced here
+/// first ([`Bus::expect_change`], [`Bus::expect_clear`]): until the write's
+/// own notice comes back, which is after every notice published before the
+/// write, a fill notice for that key (or any key, for a clear) is not taken
+/// into L1; waiters are still woken and re-read Redis.
+///
+/// The `Disconnection` push goes to a task, since its handling waits for
+/// Redis to answer again.
+pub(crate) struct Bus {
+    waiters: Arc<Waiters>,
+    origin: u64,
+    /// Set once the cache exists (the connection, and so the first pushes,
+    /// come before it): notices before that have no L1 to act on.
+    on_event: std::sync::OnceLock<OnEvent>,
+    others: mpsc::UnboundedSender<PushInfo>,
+    /// Our writes whose own notice has not come back yet, by key.
+    pending: Mutex<HashMap<Box<str>, u32>>,
+    /// Our `clear()`s whose own notice has not come back yet.
+    pending_clears: std::sync::atomic::AtomicU32,
+}
+
+impl Bus {
+    /// The bus, and the receiver that [`spawn_listener`] takes.
+    pub(crate) fn new(
+        waiters: Arc<Waiters>,
+        origin: u64,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<PushInfo>) {
+        let (others, rx) = mpsc::unbounded_channel();
+        let bus = Bus {
+            waiters,
+            origin,
+            on_event: std::sync::OnceLock::new(),
+            others,
+            pending: Mutex::default(),
+            pending_clears: Default::default(),
+        };
+        (Arc::new(bus), rx)
+    }
+
+    /// Called before our `set`/`invalidate` of `key` is sent. If the write
+    /// never reaches Redis, its notice never comes and fill notices for the
+    /// key stay out of L1 until the next reconnect: a lost shortcut, never a
+    /// stale value.
+    pub(crate) fn expect_change(&self, key: &str) {
+        *self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .entry(key.into())
+            .or_default() += 1;
+    }
+
+    /// Called before our `clear()` is sent.
+    pub(crate) fn expect_clear(&self) {
+        self.pending_clears.fetch_add(1, Relaxed);
+    }
+
+    /// Our own notice came back: everything published before our write has
+    /// been applied.
+    fn settle(&self, kind: NoticeKind, key: &str) {
+        match kind {
+            NoticeKind::Changed => {
+                let mut pending = self.pending.lock().expect("pending lock");
+                if let Some(n) = pending.get_mut(key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        pending.remove(key);
+                    }
+                }
+            }
+            NoticeKind::Cleared => {
+                let _ = self
+                    .pending_clears
+                    .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+            }
+            NoticeKind::Filled | NoticeKind::Released => {}
+        }
+    }
+
+    /// True if a fill notice for `key` may predate a write of ours.
+    fn predates_our_write(&self, key: &str) -> bool {
+        self.pending_clears.load(Relaxed) > 0
+            || self.pending.lock().expect("pending lock").contains_key(key)
+    }
+
+    pub(crate) fn attach(&self, on_event: OnEvent) {
+        let _ = self.on_event.set(on_event);
+    }
+
+    /// The push sender for `ConnectionManagerConfig::set_push_sender`.
+    pub(crate) fn sender(
+        self: &Arc<Self>,
+    ) -> impl Fn(PushInfo) -> Result<(), mpsc::error::SendError<PushInfo>> + Send + Sync + 'static
+    {
+        let bus = self.clone();
+        move |push: PushInfo| {
+            if push.kind == PushKind::Message {
+                bus.apply(&push);
+                Ok(())
+            } else {
+                bus.others.send(push)
+            }
+        }
+    }
+
+    /// Applies one notice. Must not block: it runs in the connection's read
+    /// loop. L1 is updated *before* waiters are woken, so a woken waiter
+    /// finds the new value there, and its own L1 insert is never undone by
+    /// the notice that woke it.
+    fn apply(&self, push: &PushInfo) {
+        let Some(Value::BulkString(payload)) = push.data.get(1) else {
+            return;
+        };
+        let Some(notice) = Notice::decode(payload) else {
+            return;
+        };
+        if notice.origin == self.origin {
+            self.settle(notice.kind, notice.key);
+        } else if let Some(on_event) = self.on_event.get() {
+            match notice.kind {
+                NoticeKind::Filled if self.predates_our_write(notice.key) => {}
+                NoticeKind::Filled => on_event(BusEvent::Filled {
+                    key: notice.key,
+                    envelope: notice.envelope,
+                }),
+                NoticeKind::Changed => on_event(BusEvent::Changed { key: notice.key }),
+                NoticeKind::Released => {}
+                NoticeKind::Cleared => {
+                    let generation = notice
+                        .envelope
+                        .and_then(|g| std::str::from_utf8(g).ok())
+                        .and_then(|g| g.parse().ok());
+                    if let Some(generation) = generation {
+                        on_event(BusEvent::Cleared { generation });
+                    }
+                }
+            }
+        }
+        match notice.kind {
+            NoticeKind::Filled | NoticeKind::Released => self.waiters.wake(notice.key),
+            NoticeKind::Cleared => self.waiters.wake_all(),
+            NoticeKind::Changed => {}
+        }
+    }
+}
+
+/// Handles the pushes that are not notices until the connection manager is
+/// gone: on a `Disconnection`, wakes every waiter to re-check, waits for
+/// Redis to answer again (our PINGs also drive the manager's reconnect),
+/// then reports `Reconnected` so L1 is flushed.
 pub(crate) fn spawn_listener(
     mut pushes: mpsc::UnboundedReceiver<PushInfo>,
-    waiters: Arc<Waiters>,
-    on_event: OnEvent,
-    origin: u64,
+    bus: Arc<Bus>,
     conn: Weak<ConnectionManager>,
     timeout: Duration,
 ) {
     tokio::spawn(async move {
         while let Some(push) = pushes.recv().await {
-            match push.kind {
-                PushKind::Message => {
-                    let Some(Value::BulkString(payload)) = push.data.get(1) else {
-                        continue;
-                    };
-                    let Some(notice) = Notice::decode(payload) else {
-                        continue;
-                    };
-                    if notice.origin != origin {
-                        match notice.kind {
-                            NoticeKind::Filled => on_event(BusEvent::Filled {
-                                key: notice.key,
-                                envelope: notice.envelope,
-                            }),
-                            NoticeKind::Changed => on_event(BusEvent::Changed { key: notice.key }),
-                            NoticeKind::Released => {}
-                            NoticeKind::Cleared => {
-                                let generation = notice
-                                    .envelope
-                                    .and_then(|g| std::str::from_utf8(g).ok())
-                                    .and_then(|g| g.parse().ok());
-                                if let Some(generation) = generation {
-                                    on_event(BusEvent::Cleared { generation });
-                                }
-                            }
-                        }
-                    }
-                    match notice.kind {
-                        NoticeKind::Filled | NoticeKind::Released => waiters.wake(notice.key),
-                        NoticeKind::Cleared => waiters.wake_all(),
-                        NoticeKind::Changed => {}
-                    }
-                }
-                PushKind::Disconnection => {
-                    waiters.wake_all();
-                    // Wait for the connection to come back (our PINGs also
-                    // drive the manager's reconnect), then flush L1.
-                    loop {
-                        let Some(conn) = conn.upgrade() else { return };
-                        if ping(&conn, timeout).await {
-                            break;
-                        }
-                        drop(conn);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    on_event(BusEvent::Reconnected);
-                    waiters.wake_all();
-                }
-                _ => {}
+            if push.kind != PushKind::Disconnection {
+                continue;
             }
+            bus.waiters.wake_all();
+            loop {
+                let Some(conn) = conn.upgrade() else { return };
+                if ping(&conn, timeout).await {
+                    break;
+                }
+                drop(conn);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Notices sent while we were away are lost, our own included:
+            // L1 is flushed now, so nothing older can be waiting to come in.
+            bus.pending.lock().expect("pending lock").clear();
+            bus.pending_clears.store(0, Relaxed);
+            if let Some(on_event) = bus.on_event.get() {
+                on_event(BusEvent::Reconnected);
+            }
+            bus.waiters.wake_all();
         }
     });
 }
