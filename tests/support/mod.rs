@@ -158,35 +158,45 @@ impl Drop for RedisServer {
 /// target alone (`cargo test --test stampede`) never uses a stale worker.
 pub fn demo_bin() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("current exe");
-            // target/<profile>/deps/<test> -> target/<profile>/examples/demo
-            let profile_dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("test binary lives in target/<profile>/deps");
-            let release = profile_dir.file_name().is_some_and(|n| n == "release");
-            let mut build = Command::new(env!("CARGO"));
-            build
-                .args(["build", "--quiet", "--example", "demo"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if release {
-                build.arg("--release");
-            }
-            let status = build.status().expect("run cargo to build the demo worker");
-            assert!(status.success(), "building the demo worker failed");
-            let bin = profile_dir
-                .join("examples")
-                .join(format!("demo{}", std::env::consts::EXE_SUFFIX));
-            assert!(
-                bin.exists(),
-                "{} is missing after building it",
-                bin.display()
-            );
-            bin
-        })
-        .clone()
+    BUILT.get_or_init(|| example_bin("demo")).clone()
+}
+
+/// The consistency checker's worker (`examples/checker.rs`), built as
+/// [`demo_bin`] is.
+pub fn checker_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| example_bin("checker")).clone()
+}
+
+/// Builds example `name` with the test's own profile and returns its path.
+fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args(["build", "--quiet", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if release {
+        build.arg("--release");
+    }
+    let status = build
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo to build the {name} worker: {e}"));
+    assert!(status.success(), "building the {name} worker failed");
+    let bin = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing after building it",
+        bin.display()
+    );
+    bin
 }
 
 pub fn unix_us() -> u64 {
