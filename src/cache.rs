@@ -544,7 +544,16 @@ where
                 // L1, so neither callers nor woken waiters need another GET.
                 match envelope.map(|bytes| self.decode(bytes)) {
                     Some(Some(Decoded::Fresh(header, value))) => {
-                        self.local.insert(key, Arc::new(value), &header)
+                        let value = Arc::new(value);
+                        self.local.insert(key, value.clone(), &header);
+                        // This process's callers waiting on the key get the
+                        // value now, not after their load task has woken,
+                        // re-checked and settled the flight: one task hop
+                        // less between the fill and the answer. (A flight
+                        // voided by our own write is no longer in the table.)
+                        if let Some(flight) = self.flights.get(key) {
+                            flight.complete(Ok(value));
+                        }
                     }
                     _ => self.local.remove(key),
                 }

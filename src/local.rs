@@ -287,6 +287,11 @@ impl<V> Flights<V> {
         (flight, true)
     }
 
+    /// The load of `key` in flight, if any.
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<Flight<V>>> {
+        self.map.lock().expect("flights lock").get(key).cloned()
+    }
+
     /// Removes `flight` from the table if it is still the registered one.
     pub(crate) fn finish(&self, key: &str, flight: &Arc<Flight<V>>) {
         let mut map = self.map.lock().expect("flights lock");

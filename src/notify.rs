@@ -14,8 +14,10 @@
 //! what keeps serving (fail-safe), and nobody can change Redis through us.
 //!
 //! A notice is `[kind][origin: u64 LE][key length: u32 LE][key][envelope]`.
-//! `origin` identifies the cache instance that sent it, so a process ignores
-//! its own notices. A fill notice carries the value's envelope when it is
+//! `origin` identifies the cache instance that sent it: a process does not
+//! apply its own notices, but uses the return of its own `set`/`invalidate`/
+//! `clear` notice to know that every notice published before that write has
+//! been applied (see [`Bus`]). A fill notice carries the value's envelope when it is
 //! small (`INLINE_MAX`): other processes then put the new value straight
 //! into L1 and their waiters wake with it in hand, with no second GET.
 
