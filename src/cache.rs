@@ -128,6 +128,32 @@ where
             Some((entry, _)) => Some(entry.value),
             None => None,
         };
+        // The L2 hit's fast path: a plain GET with no flight, if no other
+        // plain read of this key's lane is under way (see `local::Lanes`).
+        // What it cannot settle (a miss, a stale or unusable value) goes on
+        // to a flight below; a miss or a failed Redis is not read again.
+        let mut read_already = None;
+        if stale.is_none()
+            && let Some(solo) = inner.flights.solo_read(key)
+        {
+            match inner.remote.get(key).await {
+                Ok(Some(bytes)) => {
+                    if let Some(Decoded::Fresh(header, value)) = inner.decode(&bytes) {
+                        Counters::bump(&inner.stats.l2_hits);
+                        let value = Arc::new(value);
+                        inner
+                            .local
+                            .insert_if_current(key, value.clone(), &header, &solo.ticket);
+                        return Ok(value);
+                    }
+                }
+                Ok(None) => read_already = Some(false),
+                Err(e) => {
+                    let _ = inner.redis_error("GET", e);
+                    read_already = Some(true);
+                }
+            }
+        }
         let (flight, leader) = inner.flights.join(key);
         if let Some(stale) = stale {
             if leader {
@@ -160,6 +186,11 @@ where
             stale: None,
             redis_failed: false,
         };
+        if let Some(redis_failed) = read_already {
+            lead.redis_failed = redis_failed;
+            drop(lead); // starts the load task
+            return flight.wait().await;
+        }
         match inner.remote.get(key).await {
             Ok(Some(bytes)) => match inner.decode(&bytes) {
                 Some(Decoded::Fresh(header, value)) => {
@@ -207,6 +238,9 @@ where
             Counters::bump(&inner.stats.l1_hits);
             return Ok(Some(value));
         }
+        // A write applied while the GET is out must not leave the older
+        // value in L1 (see `local::Lanes`).
+        let ticket = inner.flights.ticket(key);
         let bytes = inner
             .remote
             .get(key)
@@ -216,7 +250,9 @@ where
             Some(Some(Decoded::Fresh(header, value))) => {
                 Counters::bump(&inner.stats.l2_hits);
                 let value = Arc::new(value);
-                inner.local.insert(key, value.clone(), &header);
+                inner
+                    .local
+                    .insert_if_current(key, value.clone(), &header, &ticket);
                 Ok(Some(value))
             }
             _ => {
@@ -260,17 +296,23 @@ where
             .iter()
             .map(|&i| inner.remote.keys(keys[i].as_ref()))
             .collect();
+        let tickets: Vec<_> = missing
+            .iter()
+            .map(|&i| inner.flights.ticket(keys[i].as_ref()))
+            .collect();
         let values = inner
             .remote
             .mget(&redis_keys)
             .await
             .map_err(|e| inner.redis_error("MGET", e))?;
-        for (&i, bytes) in missing.iter().zip(values) {
+        for ((&i, bytes), ticket) in missing.iter().zip(values).zip(&tickets) {
             match bytes.map(|b| inner.decode(&b)) {
                 Some(Some(Decoded::Fresh(header, value))) => {
                     Counters::bump(&inner.stats.l2_hits);
                     let value = Arc::new(value);
-                    inner.local.insert(keys[i].as_ref(), value.clone(), &header);
+                    inner
+                        .local
+                        .insert_if_current(keys[i].as_ref(), value.clone(), &header, ticket);
                     out[i] = Some(value);
                 }
                 _ => Counters::bump(&inner.stats.misses),
