@@ -267,12 +267,116 @@ fn l2_hit(c: &mut Criterion) {
         }
     }
 
+    paired(&rt, &cache, &conn, &herd_keys, &raw_keys);
+
     // Nothing above may have fallen back to the loader or failed in Redis.
     let s = cache.stats();
     assert_eq!(
         (s.loads, s.redis_errors, s.l1_hits),
         (0, 0, 0),
         "stats: {s:?}"
+    );
+}
+
+/// The 64-task ratio measured *interleaved*: herdcache and raw `GET` batches
+/// (and raw `GET` + decode batches) alternate, in alternating order, and
+/// each round gives one ratio. On a
+/// shared machine whose speed drifts over seconds, criterion's sequential
+/// benches put the drift into the ratio; a pair taken within ~100 ms shares
+/// it. Prints the median ratio of throughput and of p50 over the pairs.
+fn paired(
+    rt: &tokio::runtime::Runtime,
+    cache: &Cache<Item>,
+    conn: &MultiplexedConnection,
+    herd_keys: &Arc<Vec<String>>,
+    raw_keys: &Arc<Vec<String>>,
+) {
+    const PAIRS: usize = 31;
+    const OPS: u64 = 20_000;
+    let (mut throughput, mut p50, mut vs_decoded) = (Vec::new(), Vec::new(), Vec::new());
+    for pair in 0..PAIRS {
+        let herd = || {
+            let (cache, keys, lat) = (cache.clone(), herd_keys.clone(), Latencies::default());
+            let op = move |t: u64| {
+                let (cache, keys) = (cache.clone(), keys.clone());
+                async move {
+                    let v = cache
+                        .get_or_compute(&keys[t as usize], || async {
+                            Ok::<_, std::io::Error>(item())
+                        })
+                        .await
+                        .expect("get_or_compute");
+                    black_box(v);
+                }
+            };
+            let took = rt.block_on(batch(MAX_TASKS, OPS, &lat, op));
+            (took, lat)
+        };
+        let raw = || {
+            let (conn, keys, lat) = (conn.clone(), raw_keys.clone(), Latencies::default());
+            let op = move |t: u64| {
+                let (mut conn, keys) = (conn.clone(), keys.clone());
+                async move {
+                    let v: Option<Vec<u8>> = redis::cmd("GET")
+                        .arg(&keys[t as usize])
+                        .query_async(&mut conn)
+                        .await
+                        .expect("GET");
+                    black_box(v.expect("stored value"));
+                }
+            };
+            let took = rt.block_on(batch(MAX_TASKS, OPS, &lat, op));
+            (took, lat)
+        };
+        let decoded = || {
+            let (conn, keys) = (conn.clone(), raw_keys.clone());
+            let op = move |t: u64| {
+                let (mut conn, keys) = (conn.clone(), keys.clone());
+                async move {
+                    use herdcache::Codec;
+                    let v: Option<Vec<u8>> = redis::cmd("GET")
+                        .arg(&keys[t as usize])
+                        .query_async(&mut conn)
+                        .await
+                        .expect("GET");
+                    let bytes = v.expect("stored value");
+                    let item: Item = herdcache::Bincode.decode(&bytes[24..]).expect("decode");
+                    black_box(Arc::new(item));
+                }
+            };
+            rt.block_on(batch(MAX_TASKS, OPS, &Latencies::default(), op))
+        };
+        let ((h_took, h_lat), (r_took, r_lat), d_took) = if pair % 2 == 0 {
+            let h = herd();
+            let r = raw();
+            (h, r, decoded())
+        } else {
+            let d = decoded();
+            let r = raw();
+            (herd(), r, d)
+        };
+        vs_decoded.push(d_took.as_secs_f64() / h_took.as_secs_f64());
+        let median = |lat: &Latencies| {
+            let mut v = std::mem::take(&mut *lat.lock().expect("latency lock"));
+            v.sort_unstable();
+            percentile(&v, 0.5)
+        };
+        throughput.push(r_took.as_secs_f64() / h_took.as_secs_f64());
+        p50.push(median(&h_lat) / median(&r_lat));
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "paired l2_hit_64_tasks herdcache/raw_get over {PAIRS} interleaved pairs of {OPS} ops: \
+         throughput ratio median {:.3} (min {:.3}, max {:.3}), p50 ratio median {:.3}; \
+         throughput vs raw GET + decode + Arc (hand-written cache-aside read) median {:.3}",
+        med(&mut throughput),
+        throughput[0],
+        throughput[PAIRS - 1],
+        med(&mut p50),
+        med(&mut vs_decoded),
     );
 }
 

@@ -20,6 +20,7 @@
 //! | `herdcache-l2` | `get_or_compute("k", loader).await` on a cache built with `.local_ttl(Duration::ZERO)`: an L2 hit, one `GET` to Redis |
 //! | `raw-get` | a redis-rs `GET` of the same Redis key on one `MultiplexedConnection` |
 //! | `raw-get-cm` | the same `GET` on a redis-rs `ConnectionManager` with RESP3 and a response timeout, as herdcache sets up its own |
+//! | `raw-get-decode` | `raw-get`, then what any reader must do with the bytes: decode the `Item` (skipping herdcache's 24-byte header) and `Arc` it: hand-written cache-aside |
 //!
 //! The last two are not L1 hits: they count the client-side instructions of
 //! one L2 read (network waits cost no instructions), to find what herdcache
@@ -55,11 +56,12 @@ enum Mode {
     HerdcacheL2,
     RawGet,
     RawGetCm,
+    RawGetDecode,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: l1_callgrind [herdcache|moka-future|moka-sync|herdcache-l2|raw-get|raw-get-cm] [N]"
+        "usage: l1_callgrind [herdcache|moka-future|moka-sync|herdcache-l2|raw-get|raw-get-cm|raw-get-decode] [N]"
     );
     std::process::exit(2)
 }
@@ -102,6 +104,21 @@ async fn raw_gets(conn: &mut impl redis::aio::ConnectionLike, key: &str, n: u64)
     }
 }
 
+#[inline(never)]
+async fn raw_gets_decoded(conn: &mut impl redis::aio::ConnectionLike, key: &str, n: u64) {
+    use herdcache::Codec;
+    for _ in 0..n {
+        let v: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(black_box(key))
+            .query_async(conn)
+            .await
+            .expect("GET");
+        let bytes = v.expect("stored value");
+        let item: Item = herdcache::Bincode.decode(&bytes[24..]).expect("decode");
+        black_box(Arc::new(item));
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args
@@ -115,6 +132,7 @@ fn main() {
         "herdcache-l2" => Mode::HerdcacheL2,
         "raw-get" => Mode::RawGet,
         "raw-get-cm" => Mode::RawGetCm,
+        "raw-get-decode" => Mode::RawGetDecode,
         _ => usage(),
     };
     let n: u64 = args
@@ -185,6 +203,7 @@ fn main() {
             Mode::HerdcacheL2 => herdcache_hits(&l2_cache, n).await,
             Mode::RawGet => raw_gets(&mut conn, "hc:{l1-callgrind:k}:v", n).await,
             Mode::RawGetCm => raw_gets(&mut cm, "hc:{l1-callgrind:k}:v", n).await,
+            Mode::RawGetDecode => raw_gets_decoded(&mut conn, "hc:{l1-callgrind:k}:v", n).await,
         }
         let l1_hits = cache.stats().l1_hits - before;
         let l2_hits = l2_cache.stats().l2_hits - l2_before;
@@ -208,5 +227,6 @@ fn mode_name(mode: Mode) -> &'static str {
         Mode::HerdcacheL2 => "herdcache-l2",
         Mode::RawGet => "raw-get",
         Mode::RawGetCm => "raw-get-cm",
+        Mode::RawGetDecode => "raw-get-decode",
     }
 }
