@@ -186,6 +186,8 @@ async fn run(o: Opts) {
         ("notified_wakeups", s.notified_wakeups),
         ("lease_lost", s.lease_lost),
         ("background_refreshes", s.background_refreshes),
+        ("remote_changes", s.remote_changes),
+        ("remote_fills", s.remote_fills),
         ("redis_errors", s.redis_errors),
     ];
     let mut pipe = redis::pipe();

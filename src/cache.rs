@@ -586,6 +586,7 @@ where
                 // L1, so neither callers nor woken waiters need another GET.
                 match envelope.map(|bytes| self.decode(bytes)) {
                     Some(Some(Decoded::Fresh(header, value))) => {
+                        Counters::bump(&self.stats.remote_fills);
                         let value = Arc::new(value);
                         self.local.insert(key, value.clone(), &header);
                         // This process's callers waiting on the key get the
@@ -601,6 +602,7 @@ where
                 }
             }
             BusEvent::Changed { key } => {
+                Counters::bump(&self.stats.remote_changes);
                 self.flights.void(key);
                 self.local.remove(key);
             }

@@ -63,6 +63,11 @@ counters! {
     /// Loads that failed or timed out while a stale value existed, answered
     /// with that value (fail-safe), which is then kept for `fail_safe_throttle`.
     fail_safe_served,
+    /// Change notices (`set`/`invalidate` in another process) applied to
+    /// this process's L1.
+    remote_changes,
+    /// Fill notices from another process whose value was taken into L1.
+    remote_fills,
 }
 
 impl Counters {

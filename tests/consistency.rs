@@ -382,7 +382,8 @@ fn no_read_sees_a_version_older_than_a_returned_invalidate() {
          {}; max lag {max_lag_us} µs; \
          reads older than the database at their start: {}; reads racing a write of their row: {}; \
          future reads: {}; stats (sum): l1_hits {}, l2_hits {}, loads {}, coalesced {}, lock_waits {}, \
-         lease_lost {}, misses {}; bus notices published {published}",
+         lease_lost {}, misses {}, remote_changes {}, remote_fills {}; bus notices published \
+         {published}",
         reads.len(),
         writes.len(),
         v.violations[0],
@@ -400,6 +401,8 @@ fn no_read_sees_a_version_older_than_a_returned_invalidate() {
         stat("lock_waits"),
         stat("lease_lost"),
         stat("misses"),
+        stat("remote_changes"),
+        stat("remote_fills"),
     );
     // The worst stale reads, for diagnosis: a read that took a few µs was an
     // L1 hit; one that took longer went to Redis or waited for a load.
@@ -424,7 +427,15 @@ fn no_read_sees_a_version_older_than_a_returned_invalidate() {
     // notices flowed between processes.
     assert!(v.raced >= 100, "only {} reads raced a write", v.raced);
     assert!(v.older_than_db > 0, "no read ever saw an old version");
-    for name in ["l1_hits", "l2_hits", "loads", "coalesced", "lease_lost"] {
+    for name in [
+        "l1_hits",
+        "l2_hits",
+        "loads",
+        "coalesced",
+        "lease_lost",
+        "remote_changes",
+        "remote_fills",
+    ] {
         assert!(stat(name) > 0, "no {name} in {totals:?}");
     }
     assert!(published >= writes.len() as u64, "{published} notices");
