@@ -22,49 +22,14 @@
 //!         [--write-pause-us 4000]
 //! ```
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{Opts, now_us};
 use redis::AsyncCommands;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64
-}
-
-/// `--name value` pairs, as in examples/demo.rs.
-struct Opts(HashMap<String, String>);
-
-impl Opts {
-    fn parse(args: &[String]) -> Opts {
-        let mut map = HashMap::new();
-        for pair in args.chunks(2) {
-            let name = pair[0]
-                .strip_prefix("--")
-                .unwrap_or_else(|| panic!("expected --option, got {}", pair[0]));
-            let value = pair
-                .get(1)
-                .unwrap_or_else(|| panic!("--{name} needs a value"));
-            map.insert(name.to_owned(), value.clone());
-        }
-        Opts(map)
-    }
-    fn str(&self, name: &str, default: &str) -> String {
-        self.0
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| default.to_owned())
-    }
-    fn num(&self, name: &str, default: u64) -> u64 {
-        self.0.get(name).map_or(default, |v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("--{name}: not a number"))
-        })
-    }
-}
+use std::time::{Duration, Instant};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -11,64 +11,22 @@
 //! the multi-process tests spawn. Workers count loads, values seen and
 //! latencies in Redis, so the counts cross process boundaries honestly.
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use common::{Opts, now_ms, now_us};
+
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Item {
     nonce: u64,
     loaded_by: u32,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64
-}
-
-/// Worker options, as `--name value` pairs.
-struct Opts(HashMap<String, String>);
-
-impl Opts {
-    fn parse(args: &[String]) -> Opts {
-        let mut map = HashMap::new();
-        for pair in args.chunks(2) {
-            let name = pair[0]
-                .strip_prefix("--")
-                .unwrap_or_else(|| panic!("expected --option, got {}", pair[0]));
-            let value = pair
-                .get(1)
-                .unwrap_or_else(|| panic!("--{name} needs a value"));
-            map.insert(name.to_owned(), value.clone());
-        }
-        Opts(map)
-    }
-    fn str(&self, name: &str, default: &str) -> String {
-        self.0
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| default.to_owned())
-    }
-    fn num(&self, name: &str, default: u64) -> u64 {
-        self.0.get(name).map_or(default, |v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("--{name}: not a number"))
-        })
-    }
 }
 
 fn main() {

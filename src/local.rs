@@ -447,6 +447,17 @@ impl<V> Flights<V> {
 mod tests {
     use super::*;
 
+    /// A header for a value fresh (and alive) for one more minute.
+    fn minute_header(compute_ms: u32) -> Header {
+        let now = now_ms();
+        Header {
+            flags: 0,
+            compute_ms,
+            fresh_until_ms: now + 60_000,
+            stale_until_ms: now + 60_000,
+        }
+    }
+
     #[test]
     fn one_leader_per_key_and_void_detaches() {
         let flights: Flights<u32> = Flights::default();
@@ -480,13 +491,7 @@ mod tests {
 
         // A read that raced a write takes its value back out of L1.
         let local: Local<u32> = Local::new(100, Duration::from_secs(60), 0.0);
-        let now = now_ms();
-        let header = Header {
-            flags: 0,
-            compute_ms: 0,
-            fresh_until_ms: now + 60_000,
-            stale_until_ms: now + 60_000,
-        };
+        let header = minute_header(0);
         let ticket = flights.ticket("k");
         flights.void("k");
         local.insert_if_current("k", Arc::new(1), &header, &ticket);
@@ -498,14 +503,7 @@ mod tests {
     #[test]
     fn xfetch_never_fires_far_from_expiry_and_always_at_it() {
         let local: Local<u32> = Local::new(100, Duration::from_secs(600), 1.0);
-        let now = now_ms();
-        let header = Header {
-            flags: 0,
-            compute_ms: 100,
-            fresh_until_ms: now + 60_000,
-            stale_until_ms: now + 60_000,
-        };
-        local.insert("k", Arc::new(1), &header);
+        local.insert("k", Arc::new(1), &minute_header(100));
         let e = local.get("k").unwrap().0;
         let t = Instant::now();
         assert!(
@@ -521,19 +519,14 @@ mod tests {
     #[test]
     fn l1_entry_life_is_capped_by_local_ttl() {
         let local: Local<u32> = Local::new(100, Duration::from_millis(50), 1.0);
-        let now = now_ms();
-        let header = Header {
-            flags: 0,
-            compute_ms: 0,
-            fresh_until_ms: now + 60_000,
-            stale_until_ms: now + 60_000,
-        };
+        let header = minute_header(0);
         local.insert("k", Arc::new(7), &header);
         let e = local.get("k").unwrap().0;
         assert!(e.fresh_until <= Instant::now() + Duration::from_millis(50));
+        let past = now_ms().saturating_sub(10);
         let expired = Header {
-            fresh_until_ms: now.saturating_sub(10),
-            stale_until_ms: now.saturating_sub(10),
+            fresh_until_ms: past,
+            stale_until_ms: past,
             ..header
         };
         local.insert("gone", Arc::new(1), &expired);
