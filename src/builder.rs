@@ -334,11 +334,13 @@ where
         let (bus, push_rx) = Bus::new(waiters.clone(), origin);
         let timeout = self.config.redis_timeout;
         let manager_config = ConnectionManagerConfig::new()
-            // No response timeout of the manager's own: every call is bounded
-            // by `remote::bounded` (which also covers reconnect waits, which
-            // the manager's timeout does not), and a second timer per call
-            // cost ~650 instructions of an L2 hit (docs/BENCHMARKS.md).
-            .set_response_timeout(None)
+            // Our calls are bounded by `remote::bounded` (which also covers
+            // reconnect waits); the manager's own response timeout is still
+            // needed for what it sends by itself inside a reconnect (the
+            // resubscription): without it, a Redis that accepts connections
+            // but never answers would hang the reconnect for good. It costs
+            // a second timer per call (~650 instructions of an L2 hit).
+            .set_response_timeout(Some(timeout))
             .set_connection_timeout(Some(timeout))
             // Reconnect quickly and keep trying: a Redis that comes back
             // should be used again within about a second.

@@ -22,7 +22,7 @@ use crate::envelope::{HEADER_LEN, Header, now_ms};
 use crate::error::{Error, ErrorKind};
 use crate::keys::check_key;
 use crate::load::LoadFn;
-use crate::local::{Flight, Flights, Local};
+use crate::local::{Flight, Flights, Local, Outcome};
 use crate::notify::{Bus, BusEvent, Waiters};
 use crate::remote::Remote;
 use crate::stats::{Counters, Stats};
@@ -386,10 +386,10 @@ where
         let keys = inner.remote.keys(key);
         // Drop our copy first: if this future is dropped mid-write, L1 must
         // not keep a value Redis may already have replaced.
+        let own = inner.bus.own_write(Some(key));
         inner.flights.void(key);
         inner.local.remove(key);
-        inner.bus.expect_change(key);
-        let written = inner.remote.set(key, &keys, &envelope, px).await;
+        let written = inner.remote.set(key, &keys, &envelope, px, own.id).await;
         // Void after the write: a local load that read Redis before it must
         // not put its older value into L1 afterwards.
         inner.flights.void(key);
@@ -419,10 +419,10 @@ where
         check_key(key)?;
         let inner = &self.inner;
         let keys = inner.remote.keys(key);
+        let own = inner.bus.own_write(Some(key));
         inner.flights.void(key);
         inner.local.remove(key);
-        inner.bus.expect_change(key);
-        let done = inner.remote.invalidate(key, &keys).await;
+        let done = inner.remote.invalidate(key, &keys, own.id).await;
         inner.flights.void(key);
         inner.local.remove(key);
         done.map_err(|e| inner.redis_error("invalidate", e))
@@ -455,10 +455,10 @@ where
     /// regardless.
     pub async fn clear(&self) -> Result<(), Error> {
         let inner = &self.inner;
+        let own = inner.bus.own_write(None);
         inner.flights.void_all();
         inner.local.clear();
-        inner.bus.expect_clear();
-        let done = inner.remote.clear().await;
+        let done = inner.remote.clear(own.id).await;
         inner.flights.void_all();
         inner.local.clear();
         done.map(|_| ()).map_err(|e| inner.redis_error("clear", e))
@@ -545,24 +545,26 @@ where
         redis_failed: bool,
         early: Option<u64>,
     ) {
-        let key: Arc<str> = key.into();
+        // Settles the flight however the task ends: with its outcome, by
+        // unwinding on a bug of ours, or dropped unpolled (a runtime
+        // shutting down), so that no waiter is left hanging.
+        let guard = FlightGuard {
+            inner: self,
+            key: key.into(),
+            flight,
+        };
         tokio::spawn(async move {
-            // Settles the flight even if this task unwinds, so that no
-            // waiter is left hanging on a bug of ours.
-            let guard = FlightGuard {
-                flights: &self.flights,
-                key: &key,
-                flight: &flight,
-            };
+            let (inner, key, flight) = (&guard.inner, &guard.key, &guard.flight);
             let outcome = if let Some(fresh_until_ms) = early {
-                self.run_early_refresh(&key, loader, &flight, stale, fresh_until_ms)
+                inner
+                    .run_early_refresh(key, loader, flight, stale, fresh_until_ms)
                     .await
             } else {
-                self.run_flight(&key, loader, &flight, stale, redis_failed)
+                inner
+                    .run_flight(key, loader, flight, stale, redis_failed)
                     .await
             };
-            drop(guard);
-            flight.complete(outcome);
+            guard.finish(outcome);
         });
     }
 
@@ -589,12 +591,16 @@ where
                         Counters::bump(&self.stats.remote_fills);
                         let value = Arc::new(value);
                         self.local.insert(key, value.clone(), &header);
-                        // This process's callers waiting on the key get the
-                        // value now, not after their load task has woken,
-                        // re-checked and settled the flight: one task hop
-                        // less between the fill and the answer. (A flight
-                        // voided by our own write is no longer in the table.)
-                        if let Some(flight) = self.flights.get(key) {
+                        // A flight of this process waiting for another's
+                        // lock gets the value now, not after its load task
+                        // has woken, re-checked and settled it: one task hop
+                        // less between the fill and the answer. Only such a
+                        // flight: one that read Redis itself has a value at
+                        // least as new. (A flight voided by our own write is
+                        // no longer in the table.)
+                        if let Some(flight) = self.flights.get(key)
+                            && flight.is_waiting_for_fill()
+                        {
                             flight.complete(Ok(value));
                         }
                     }
@@ -612,6 +618,9 @@ where
                 self.local.clear();
             }
             BusEvent::Reconnected => {
+                // Loads and reads under way may have read Redis before a
+                // change whose notice was lost: keep their values out of L1.
+                self.flights.void_all();
                 self.local.clear();
                 // A `clear()` may have been missed too: re-read the generation.
                 let inner = self.clone();
@@ -709,19 +718,39 @@ where
     }
 }
 
-struct FlightGuard<'a, V> {
-    flights: &'a Flights<V>,
-    key: &'a str,
-    flight: &'a Arc<Flight<V>>,
+struct FlightGuard<V, C>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    inner: Arc<Inner<V, C>>,
+    key: Arc<str>,
+    flight: Arc<Flight<V>>,
 }
 
-impl<V> Drop for FlightGuard<'_, V> {
+impl<V, C> FlightGuard<V, C>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    /// Leaves the table, then settles the flight (first outcome wins).
+    fn finish(self, outcome: Outcome<V>) {
+        self.inner.flights.finish(&self.key, &self.flight);
+        self.flight.complete(outcome);
+    }
+}
+
+impl<V, C> Drop for FlightGuard<V, C>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
     fn drop(&mut self) {
-        self.flights.finish(self.key, self.flight);
-        if !self.flight.is_complete() && std::thread::panicking() {
+        if !self.flight.is_complete() {
+            self.inner.flights.finish(&self.key, &self.flight);
             self.flight.complete(Err(Error::new(
                 ErrorKind::LoaderPanicked,
-                "internal panic in the load task",
+                "the load task ended without a result",
             )));
         }
     }

@@ -177,6 +177,7 @@ where
             };
             if !waiting {
                 waiting = true;
+                flight.mark_waiting_for_fill();
                 Counters::bump(&self.stats.misses);
                 Counters::bump(&self.stats.lock_waits);
             }

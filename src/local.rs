@@ -97,7 +97,9 @@ impl<V: Send + Sync + 'static> Local<V> {
         let cache = (!local_ttl.is_zero()).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(max_capacity)
-                .time_to_live(local_ttl)
+                // moka refuses a TTL over 1,000 years; entries' own life
+                // is checked on read anyway.
+                .time_to_live(local_ttl.min(Duration::from_secs(100 * 365 * 24 * 3600)))
                 .build()
         });
         Local {
@@ -190,6 +192,8 @@ pub(crate) struct Flight<V> {
     /// Set by `set`/`invalidate` of the key. A mutex, not an atomic, so that
     /// "not voided, so insert into L1" is one step that `void` cannot split.
     voided: Mutex<bool>,
+    /// The load task is waiting for another process's fill.
+    waiting_for_fill: std::sync::atomic::AtomicBool,
 }
 
 impl<V> Flight<V> {
@@ -198,7 +202,16 @@ impl<V> Flight<V> {
             result: OnceLock::new(),
             done: Notify::new(),
             voided: Mutex::new(false),
+            waiting_for_fill: Default::default(),
         }
+    }
+
+    pub(crate) fn mark_waiting_for_fill(&self) {
+        self.waiting_for_fill.store(true, SeqCst);
+    }
+
+    pub(crate) fn is_waiting_for_fill(&self) -> bool {
+        self.waiting_for_fill.load(SeqCst)
     }
 
     /// Waits for the outcome. The load runs in its own task (which settles
@@ -286,11 +299,12 @@ impl<V> Default for Flights<V> {
 /// of one key costs at most two `GET`s per process, not one per caller.
 ///
 /// A lane also carries an epoch, bumped by everything that voids flights
-/// (`set`, `invalidate`, change notices, `clear`). A read without a flight
-/// snapshots it before its `GET` and, after putting the value into L1,
-/// takes the value out again if the epoch moved: the same guarantee as a
-/// voided flight (no older value stays in L1 after a write returned),
-/// whichever order the two steps interleave in.
+/// (`set`, `invalidate`, change notices, `clear`, a reconnect). A read
+/// without a flight snapshots it before its `GET` and puts the value into
+/// L1 only if the epoch has not moved, under the lane's lock, which the bump
+/// takes too: the same guarantee as a voided flight. (Either the insert
+/// comes first and the write's own L1 removal, after its bump, takes it
+/// out; or the bump comes first and the insert is skipped.)
 struct Lanes {
     lanes: Box<[Lane]>,
     hasher: foldhash::fast::RandomState,
@@ -300,6 +314,17 @@ struct Lanes {
 struct Lane {
     reading: AtomicU32,
     epoch: AtomicU64,
+    /// Held to bump the epoch, and to compare it and insert into L1: an
+    /// insert-then-check would leave the older value visible for a moment
+    /// after the write returned.
+    write: Mutex<()>,
+}
+
+impl Lane {
+    fn bump(&self) {
+        let _write = self.write.lock().expect("lane lock");
+        self.epoch.fetch_add(1, SeqCst);
+    }
 }
 
 /// Many more lanes than reads in flight, so that reads of *different* keys
@@ -347,8 +372,8 @@ impl Drop for SoloRead<'_> {
 }
 
 impl<V: Send + Sync + 'static> Local<V> {
-    /// Inserts a value read from Redis under `ticket`, then takes it out
-    /// again if a write was applied meanwhile (see [`Lanes`]).
+    /// Inserts a value read from Redis under `ticket`, unless a write was
+    /// applied to its lane meanwhile (see [`Lanes`]).
     pub(crate) fn insert_if_current(
         &self,
         key: &str,
@@ -357,9 +382,9 @@ impl<V: Send + Sync + 'static> Local<V> {
         ticket: &Ticket<'_>,
     ) {
         if self.is_enabled() {
-            self.insert(key, value, header);
-            if !ticket.still_current() {
-                self.remove(key);
+            let _write = ticket.lane.write.lock().expect("lane lock");
+            if ticket.still_current() {
+                self.insert(key, value, header);
             }
         }
     }
@@ -424,7 +449,7 @@ impl<V> Flights<V> {
     /// Voids every load in flight (the namespace was cleared).
     pub(crate) fn void_all(&self) {
         for lane in self.lanes.lanes.iter() {
-            lane.epoch.fetch_add(1, SeqCst);
+            lane.bump();
         }
         let all: Vec<_> = self.map.lock().expect("flights lock").drain().collect();
         for (_, f) in all {
@@ -435,7 +460,7 @@ impl<V> Flights<V> {
     /// Voids the load of `key`, if any, and detaches it so the next caller
     /// starts a new one.
     pub(crate) fn void(&self, key: &str) {
-        self.lanes.lane(key).epoch.fetch_add(1, SeqCst);
+        self.lanes.lane(key).bump();
         let flight = self.map.lock().expect("flights lock").remove(key);
         if let Some(f) = flight {
             *f.voided.lock().expect("voided lock") = true;

@@ -24,7 +24,6 @@
 use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
@@ -91,6 +90,39 @@ impl<'a> Notice<'a> {
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(inline);
         out
+    }
+
+    /// The notice of our `set`/`invalidate` number `id` of `key`: the tail
+    /// is the write's id (8 bytes LE), so the bus knows when it is back.
+    pub(crate) fn changed(origin: u64, key: &str, id: u64) -> Vec<u8> {
+        Self::encode(NoticeKind::Changed, origin, key, &id.to_le_bytes())
+    }
+
+    /// The notice of our `clear()` number `id`, less the new generation,
+    /// which the script appends: the tail reads `<id>:<generation>`.
+    pub(crate) fn cleared_prefix(origin: u64, id: u64) -> Vec<u8> {
+        Self::encode(NoticeKind::Cleared, origin, "", format!("{id}:").as_bytes())
+    }
+
+    /// The id of the write that sent a change or clear notice.
+    pub(crate) fn write_id(&self) -> Option<u64> {
+        let tail = self.envelope?;
+        match self.kind {
+            NoticeKind::Changed => Some(u64::from_le_bytes(tail.try_into().ok()?)),
+            NoticeKind::Cleared => std::str::from_utf8(tail)
+                .ok()?
+                .split_once(':')?
+                .0
+                .parse()
+                .ok(),
+            NoticeKind::Filled | NoticeKind::Released => None,
+        }
+    }
+
+    /// The generation a clear notice announces.
+    pub(crate) fn generation(&self) -> Option<u64> {
+        let tail = std::str::from_utf8(self.envelope?).ok()?;
+        tail.split_once(':')?.1.parse().ok()
     }
 
     pub(crate) fn decode(bytes: &'a [u8]) -> Option<Self> {
@@ -202,14 +234,24 @@ impl Drop for Watch {
 /// *reply* travel separately: a fill notice published just before our own
 /// `invalidate` may be applied after the `invalidate` call has returned,
 /// and would put the old value back into our L1 (the randomized consistency
-/// checker caught exactly that). So our own writes are announced here
-/// first ([`Bus::expect_change`], [`Bus::expect_clear`]): until the write's
-/// own notice comes back, which is after every notice published before the
-/// write, a fill notice for that key (or any key, for a clear) is not taken
-/// into L1; waiters are still woken and re-read Redis.
+/// checker caught exactly that). So each of our own writes is registered
+/// here first ([`Bus::own_write`]) and its notice carries the write's id:
+/// until that notice comes back, which is after every notice published
+/// before the write, a fill notice for that key (or any key, for a clear) is
+/// not taken into L1; waiters are still woken and re-read Redis. The check
+/// and the L1 insert happen under one lock that registering also takes, so
+/// a write registered after the check finds the value in L1 and removes it.
 ///
-/// The `Disconnection` push goes to a task, since its handling waits for
-/// Redis to answer again.
+/// A write's notice can be lost with its connection. At a `Disconnection`
+/// push, every notice sent before it on the old connection has been
+/// applied, so the writes that have returned by then are forgotten; writes
+/// still under way keep waiting for their notice (sent on the new
+/// connection). A write that never reaches Redis without a disconnection
+/// keeps its key out of the shortcut until the next one: a lost shortcut,
+/// never a stale value.
+///
+/// The `Disconnection` push then goes to a task, since its handling waits
+/// for Redis to answer again.
 pub(crate) struct Bus {
     waiters: Arc<Waiters>,
     origin: u64,
@@ -217,10 +259,60 @@ pub(crate) struct Bus {
     /// come before it): notices before that have no L1 to act on.
     on_event: std::sync::OnceLock<OnEvent>,
     others: mpsc::UnboundedSender<PushInfo>,
-    /// Our writes whose own notice has not come back yet, by key.
-    pending: Mutex<HashMap<Box<str>, u32>>,
-    /// Our `clear()`s whose own notice has not come back yet.
-    pending_clears: std::sync::atomic::AtomicU32,
+    pending: Mutex<Pending>,
+}
+
+/// Our writes whose own notice has not come back yet.
+#[derive(Default)]
+struct Pending {
+    writes: HashMap<u64, PendingWrite>,
+    by_key: HashMap<Box<str>, u32>,
+    clears: u32,
+    next_id: u64,
+}
+
+struct PendingWrite {
+    /// `None` for a `clear()`.
+    key: Option<Box<str>>,
+    /// The write call has returned (or was dropped).
+    returned: bool,
+}
+
+impl Pending {
+    fn blocks(&self, key: &str) -> bool {
+        self.clears > 0 || self.by_key.contains_key(key)
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(write) = self.writes.remove(&id) else {
+            return;
+        };
+        match write.key {
+            None => self.clears -= 1,
+            Some(key) => {
+                if let Some(n) = self.by_key.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.by_key.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One of our writes, registered with the bus; see [`Bus::own_write`].
+pub(crate) struct OwnWrite<'a> {
+    bus: &'a Bus,
+    pub(crate) id: u64,
+}
+
+impl Drop for OwnWrite<'_> {
+    fn drop(&mut self) {
+        if let Some(w) = self.bus.pending().writes.get_mut(&self.id) {
+            w.returned = true;
+        }
+    }
 }
 
 impl Bus {
@@ -236,57 +328,34 @@ impl Bus {
             on_event: std::sync::OnceLock::new(),
             others,
             pending: Mutex::default(),
-            pending_clears: Default::default(),
         };
         (Arc::new(bus), rx)
     }
 
-    /// Called before our `set`/`invalidate` of `key` is sent. If the write
-    /// never reaches Redis, its notice never comes and fill notices for the
-    /// key stay out of L1 until the next reconnect: a lost shortcut, never a
-    /// stale value.
-    pub(crate) fn expect_change(&self, key: &str) {
-        *self
-            .pending
-            .lock()
-            .expect("pending lock")
-            .entry(key.into())
-            .or_default() += 1;
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().expect("pending lock")
     }
 
-    /// Called before our `clear()` is sent.
-    pub(crate) fn expect_clear(&self) {
-        self.pending_clears.fetch_add(1, Relaxed);
-    }
-
-    /// Our own notice came back: everything published before our write has
-    /// been applied.
-    fn settle(&self, kind: NoticeKind, key: &str) {
-        match kind {
-            NoticeKind::Changed => {
-                let mut pending = self.pending.lock().expect("pending lock");
-                if let Some(n) = pending.get_mut(key) {
-                    *n -= 1;
-                    if *n == 0 {
-                        pending.remove(key);
-                    }
-                }
-            }
-            NoticeKind::Cleared => {
-                let _ = self
-                    .pending_clears
-                    .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
-            }
-            NoticeKind::Filled | NoticeKind::Released => {}
+    /// Registers our `set`/`invalidate` of `key` (`None`: our `clear()`).
+    /// Call it before touching L1 for the write, and keep the guard until
+    /// the write call ends; its `id` goes into the write's notice.
+    pub(crate) fn own_write(&self, key: Option<&str>) -> OwnWrite<'_> {
+        let mut pending = self.pending();
+        let id = pending.next_id;
+        pending.next_id += 1;
+        match key {
+            None => pending.clears += 1,
+            Some(key) => *pending.by_key.entry(key.into()).or_default() += 1,
         }
+        pending.writes.insert(
+            id,
+            PendingWrite {
+                key: key.map(Into::into),
+                returned: false,
+            },
+        );
+        OwnWrite { bus: self, id }
     }
-
-    /// True if a fill notice for `key` may predate a write of ours.
-    fn predates_our_write(&self, key: &str) -> bool {
-        self.pending_clears.load(Relaxed) > 0
-            || self.pending.lock().expect("pending lock").contains_key(key)
-    }
-
     pub(crate) fn attach(&self, on_event: OnEvent) {
         let _ = self.on_event.set(on_event);
     }
@@ -297,18 +366,21 @@ impl Bus {
     ) -> impl Fn(PushInfo) -> Result<(), mpsc::error::SendError<PushInfo>> + Send + Sync + 'static
     {
         let bus = self.clone();
-        move |push: PushInfo| {
-            if push.kind == PushKind::Message {
+        move |push: PushInfo| match push.kind {
+            PushKind::Message => {
                 bus.apply(&push);
                 Ok(())
-            } else {
+            }
+            PushKind::Disconnection => {
+                bus.forget_returned_writes();
                 bus.others.send(push)
             }
+            _ => bus.others.send(push),
         }
     }
 
-    /// Applies one notice. Must not block: it runs in the connection's read
-    /// loop. L1 is updated *before* waiters are woken, so a woken waiter
+    /// Applies one notice. Must not block: it runs in the manager's push
+    /// task. L1 is updated *before* waiters are woken, so a woken waiter
     /// finds the new value there, and its own L1 insert is never undone by
     /// the notice that woke it.
     fn apply(&self, push: &PushInfo) {
@@ -319,22 +391,24 @@ impl Bus {
             return;
         };
         if notice.origin == self.origin {
-            self.settle(notice.kind, notice.key);
+            if let Some(id) = notice.write_id() {
+                self.pending().remove(id);
+            }
         } else if let Some(on_event) = self.on_event.get() {
             match notice.kind {
-                NoticeKind::Filled if self.predates_our_write(notice.key) => {}
-                NoticeKind::Filled => on_event(BusEvent::Filled {
-                    key: notice.key,
-                    envelope: notice.envelope,
-                }),
+                NoticeKind::Filled => {
+                    let pending = self.pending();
+                    if !pending.blocks(notice.key) {
+                        on_event(BusEvent::Filled {
+                            key: notice.key,
+                            envelope: notice.envelope,
+                        });
+                    }
+                }
                 NoticeKind::Changed => on_event(BusEvent::Changed { key: notice.key }),
                 NoticeKind::Released => {}
                 NoticeKind::Cleared => {
-                    let generation = notice
-                        .envelope
-                        .and_then(|g| std::str::from_utf8(g).ok())
-                        .and_then(|g| g.parse().ok());
-                    if let Some(generation) = generation {
+                    if let Some(generation) = notice.generation() {
                         on_event(BusEvent::Cleared { generation });
                     }
                 }
@@ -344,6 +418,20 @@ impl Bus {
             NoticeKind::Filled | NoticeKind::Released => self.waiters.wake(notice.key),
             NoticeKind::Cleared => self.waiters.wake_all(),
             NoticeKind::Changed => {}
+        }
+    }
+
+    /// At a disconnection: see the type's docs.
+    fn forget_returned_writes(&self) {
+        let mut pending = self.pending();
+        let returned: Vec<u64> = pending
+            .writes
+            .iter()
+            .filter(|(_, w)| w.returned)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in returned {
+            pending.remove(id);
         }
     }
 }
@@ -372,10 +460,6 @@ pub(crate) fn spawn_listener(
                 drop(conn);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            // Notices sent while we were away are lost, our own included:
-            // L1 is flushed now, so nothing older can be waiting to come in.
-            bus.pending.lock().expect("pending lock").clear();
-            bus.pending_clears.store(0, Relaxed);
             if let Some(on_event) = bus.on_event.get() {
                 on_event(BusEvent::Reconnected);
             }
@@ -387,6 +471,41 @@ pub(crate) fn spawn_listener(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_notices_carry_their_id() {
+        let changed = Notice::changed(7, "k", 42);
+        assert_eq!(Notice::decode(&changed).unwrap().write_id(), Some(42));
+        // The CLEAR script appends the generation to the prefix.
+        let mut cleared = Notice::cleared_prefix(7, 43);
+        cleared.extend_from_slice(b"5");
+        let cleared = Notice::decode(&cleared).unwrap();
+        assert_eq!(
+            (cleared.write_id(), cleared.generation()),
+            (Some(43), Some(5))
+        );
+    }
+
+    #[test]
+    fn own_writes_hold_back_fills_until_their_notice_is_back() {
+        let (bus, _rx) = Bus::new(Arc::new(Waiters::default()), 7);
+        let w = bus.own_write(Some("k"));
+        assert!(bus.pending().blocks("k") && !bus.pending().blocks("j"));
+        bus.pending().remove(w.id); // its notice came back
+        assert!(!bus.pending().blocks("k"));
+        drop(w);
+        // A clear holds back every key. At a disconnect, a write that has
+        // returned is forgotten; one still under way is not.
+        let clear = bus.own_write(None);
+        let under_way = bus.own_write(Some("x"));
+        assert!(bus.pending().blocks("k"));
+        drop(clear);
+        bus.forget_returned_writes();
+        assert!(!bus.pending().blocks("k") && bus.pending().blocks("x"));
+        drop(under_way);
+        bus.forget_returned_writes();
+        assert!(!bus.pending().blocks("x"));
+    }
 
     #[test]
     fn notices_round_trip() {

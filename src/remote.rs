@@ -123,14 +123,14 @@ impl Remote {
         Ok(())
     }
 
-    /// Starts a new generation; returns it.
-    pub(crate) async fn clear(&self) -> RedisResult<u64> {
+    /// Starts a new generation; returns it. `write_id`: see `Bus::own_write`.
+    pub(crate) async fn clear(&self, write_id: u64) -> RedisResult<u64> {
         let g: u64 = self
             .call(async {
                 scripts::CLEAR
                     .key(self.layout.generation_key())
                     .arg(self.layout.channel())
-                    .arg(self.notice(NoticeKind::Cleared, "", &[]))
+                    .arg(Notice::cleared_prefix(self.origin, write_id))
                     .invoke_async(&mut ConnectionManager::clone(&self.conn))
                     .await
             })
@@ -283,12 +283,14 @@ impl Remote {
         .await
     }
 
+    /// `write_id`: see `Bus::own_write`.
     pub(crate) async fn set(
         &self,
         key: &str,
         keys: &RedisKeys,
         envelope: &[u8],
         px: Duration,
+        write_id: u64,
     ) -> RedisResult<()> {
         self.call(async {
             let _: i64 = scripts::SET_VOIDING
@@ -297,7 +299,7 @@ impl Remote {
                 .arg(envelope)
                 .arg(ms(px))
                 .arg(self.layout.channel())
-                .arg(self.notice(NoticeKind::Changed, key, &[]))
+                .arg(Notice::changed(self.origin, key, write_id))
                 .invoke_async(&mut ConnectionManager::clone(&self.conn))
                 .await?;
             Ok(())
@@ -305,13 +307,19 @@ impl Remote {
         .await
     }
 
-    pub(crate) async fn invalidate(&self, key: &str, keys: &RedisKeys) -> RedisResult<()> {
+    /// `write_id`: see `Bus::own_write`.
+    pub(crate) async fn invalidate(
+        &self,
+        key: &str,
+        keys: &RedisKeys,
+        write_id: u64,
+    ) -> RedisResult<()> {
         self.call(async {
             let _: i64 = scripts::INVALIDATE
                 .key(&keys.value)
                 .key(&keys.lock)
                 .arg(self.layout.channel())
-                .arg(self.notice(NoticeKind::Changed, key, &[]))
+                .arg(Notice::changed(self.origin, key, write_id))
                 .invoke_async(&mut ConnectionManager::clone(&self.conn))
                 .await?;
             Ok(())
