@@ -294,7 +294,10 @@ fn paired(
     const PAIRS: usize = 31;
     const OPS: u64 = 20_000;
     let (mut throughput, mut p50, mut vs_decoded) = (Vec::new(), Vec::new(), Vec::new());
-    for pair in 0..PAIRS {
+    // The first rounds warm up (connection buffers, allocator, branch
+    // predictors) and are not counted.
+    const WARMUP: usize = 5;
+    for pair in 0..WARMUP + PAIRS {
         let herd = || {
             let (cache, keys, lat) = (cache.clone(), herd_keys.clone(), Latencies::default());
             let op = move |t: u64| {
@@ -355,6 +358,9 @@ fn paired(
             let r = raw();
             (herd(), r, d)
         };
+        if pair < WARMUP {
+            continue;
+        }
         vs_decoded.push(d_took.as_secs_f64() / h_took.as_secs_f64());
         let median = |lat: &Latencies| {
             let mut v = std::mem::take(&mut *lat.lock().expect("latency lock"));
