@@ -389,16 +389,23 @@ where
         let own = inner.bus.own_write(Some(key));
         inner.flights.void(key);
         inner.local.remove(key);
+        let ticket = inner.flights.ticket(key);
         let written = inner.remote.set(key, &keys, &envelope, px, own.id).await;
-        // Void after the write: a local load that read Redis before it must
-        // not put its older value into L1 afterwards.
-        inner.flights.void(key);
         match written {
             Ok(()) => {
-                inner.local.insert(key, Arc::new(value), &header);
+                // Void after the write too (a local load that read Redis
+                // before it must not put its older value into L1), and keep
+                // our value in L1 only if no other write of the key was
+                // applied here meanwhile: a concurrent `invalidate` in this
+                // process may have run after ours in Redis but resumed
+                // before us.
+                inner.flights.void_then(key, &ticket, || {
+                    inner.local.insert(key, Arc::new(value), &header);
+                });
                 Ok(())
             }
             Err(e) => {
+                inner.flights.void(key);
                 inner.local.remove(key);
                 Err(inner.redis_error("set", e))
             }

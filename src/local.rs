@@ -457,6 +457,23 @@ impl<V> Flights<V> {
         }
     }
 
+    /// [`void`](Self::void), and in the same step (under the key's lane
+    /// lock) runs `insert` if no write was applied to the lane since
+    /// `ticket`: for a write's own L1 insert after its Redis write.
+    pub(crate) fn void_then(&self, key: &str, ticket: &Ticket<'_>, insert: impl FnOnce()) {
+        let lane = self.lanes.lane(key);
+        let _write = lane.write.lock().expect("lane lock");
+        let current = ticket.still_current();
+        let flight = self.map.lock().expect("flights lock").remove(key);
+        if let Some(f) = flight {
+            *f.voided.lock().expect("voided lock") = true;
+        }
+        if current {
+            insert();
+        }
+        lane.epoch.fetch_add(1, SeqCst);
+    }
+
     /// Voids the load of `key`, if any, and detaches it so the next caller
     /// starts a new one.
     pub(crate) fn void(&self, key: &str) {
@@ -523,6 +540,19 @@ mod tests {
         assert!(local.get("k").is_none());
         local.insert_if_current("k", Arc::new(2), &header, &flights.ticket("k"));
         assert_eq!(*local.get("k").unwrap().0.value, 2);
+
+        // A write's own insert after its Redis write: skipped if another
+        // write of the lane was applied since its ticket; either way the
+        // lane moves on, so reads that started before it cannot insert.
+        let ticket = flights.ticket("k");
+        flights.void_then("k", &ticket, || local.insert("k", Arc::new(3), &header));
+        assert_eq!(*local.get("k").unwrap().0.value, 3);
+        assert!(!ticket.still_current());
+        let ticket = flights.ticket("k");
+        flights.void("k"); // a concurrent invalidate resumed first
+        local.remove("k");
+        flights.void_then("k", &ticket, || local.insert("k", Arc::new(4), &header));
+        assert!(local.get("k").is_none());
     }
 
     #[test]
