@@ -7,12 +7,12 @@
 //! | `builder.rs` | [`CacheBuilder`]: every option, its default and trade-off |
 //! | `cache.rs` | [`Cache`]: `get_or_compute`, `get`, `set`, `invalidate`; L1/L2 hit paths |
 //! | `load.rs` | the rebuild protocol of a flight: lock, wait, load, fill, fail-safe |
-//! | `local.rs` | the moka tier (L1) and the per-process table of loads in flight |
+//! | `local.rs` | the moka tier (L1), the per-process table of loads in flight, and the lanes that let an L2 hit skip that table |
 //! | `remote.rs` | the Redis tier: one method per round trip, each bounded by `redis_timeout` |
 //! | `breaker.rs` | circuit breaker: skip a Redis that is down, probe it, recover |
 //! | `scripts.rs` | every Lua script, with why each is atomic |
 //! | `lock.rs` | rebuild-lock tokens; running the loader under the watchdog |
-//! | `notify.rs` | the namespace bus: fill notices wake waiters, change notices drop L1 |
+//! | `notify.rs` | the namespace bus: fill notices wake waiters, change notices drop L1; our own writes hold back older fill notices |
 //! | `keys.rs` | Redis key layout with a Cluster hash tag; key and namespace checks |
 //! | `envelope.rs` | the stored byte format: 24-byte header + codec bytes |
 //! | `codec.rs` | [`Codec`], [`Bincode`] (default), `Postcard` (feature `postcard`) |
