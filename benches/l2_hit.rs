@@ -58,6 +58,24 @@ fn redis_key(t: u64) -> String {
 /// Per-operation latencies of one bench, in nanoseconds.
 type Latencies = Arc<Mutex<Vec<u64>>>;
 
+/// One herdcache operation of every bench here: an L2 hit.
+async fn herd_get(cache: &Cache<Item>, key: &str) -> Arc<Item> {
+    cache
+        .get_or_compute(key, || async { Ok::<_, std::io::Error>(item()) })
+        .await
+        .expect("get_or_compute")
+}
+
+/// One raw operation: a `GET` of a stored value, bytes undecoded.
+async fn raw_get(conn: &mut impl redis::aio::ConnectionLike, key: &str) -> Vec<u8> {
+    let v: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("GET");
+    v.expect("stored value")
+}
+
 /// Runs `iters` operations spread over `tasks` spawned tasks (`op(t)` in
 /// task `t`), records each operation's latency, and returns the wall time of
 /// the whole batch.
@@ -202,13 +220,7 @@ fn l2_hit(c: &mut Criterion) {
                         batch(tasks, iters, &lat, move |t| {
                             let (cache, keys) = (cache.clone(), keys.clone());
                             async move {
-                                let v = cache
-                                    .get_or_compute(&keys[pick(t)], || async {
-                                        Ok::<_, std::io::Error>(item())
-                                    })
-                                    .await
-                                    .expect("get_or_compute");
-                                black_box(v);
+                                black_box(herd_get(&cache, &keys[pick(t)]).await);
                             }
                         })
                         .await
@@ -225,12 +237,7 @@ fn l2_hit(c: &mut Criterion) {
                     batch(tasks, iters, &lat, move |t| {
                         let (mut conn, keys) = (conn.clone(), keys.clone());
                         async move {
-                            let v: Option<Vec<u8>> = redis::cmd("GET")
-                                .arg(&keys[pick(t)])
-                                .query_async(&mut conn)
-                                .await
-                                .expect("GET");
-                            black_box(v.expect("stored value"));
+                            black_box(raw_get(&mut conn, &keys[pick(t)]).await);
                         }
                     })
                     .await
@@ -245,12 +252,7 @@ fn l2_hit(c: &mut Criterion) {
                     batch(tasks, iters, &lat, move |t| {
                         let (mut cm, keys) = (cm.clone(), keys.clone());
                         async move {
-                            let v: Option<Vec<u8>> = redis::cmd("GET")
-                                .arg(&keys[pick(t)])
-                                .query_async(&mut cm)
-                                .await
-                                .expect("GET");
-                            black_box(v.expect("stored value"));
+                            black_box(raw_get(&mut cm, &keys[pick(t)]).await);
                         }
                     })
                     .await
@@ -303,13 +305,7 @@ fn paired(
             let op = move |t: u64| {
                 let (cache, keys) = (cache.clone(), keys.clone());
                 async move {
-                    let v = cache
-                        .get_or_compute(&keys[t as usize], || async {
-                            Ok::<_, std::io::Error>(item())
-                        })
-                        .await
-                        .expect("get_or_compute");
-                    black_box(v);
+                    black_box(herd_get(&cache, &keys[t as usize]).await);
                 }
             };
             let took = rt.block_on(batch(MAX_TASKS, OPS, &lat, op));
@@ -320,12 +316,7 @@ fn paired(
             let op = move |t: u64| {
                 let (mut conn, keys) = (conn.clone(), keys.clone());
                 async move {
-                    let v: Option<Vec<u8>> = redis::cmd("GET")
-                        .arg(&keys[t as usize])
-                        .query_async(&mut conn)
-                        .await
-                        .expect("GET");
-                    black_box(v.expect("stored value"));
+                    black_box(raw_get(&mut conn, &keys[t as usize]).await);
                 }
             };
             let took = rt.block_on(batch(MAX_TASKS, OPS, &lat, op));
@@ -337,12 +328,7 @@ fn paired(
                 let (mut conn, keys) = (conn.clone(), keys.clone());
                 async move {
                     use herdcache::Codec;
-                    let v: Option<Vec<u8>> = redis::cmd("GET")
-                        .arg(&keys[t as usize])
-                        .query_async(&mut conn)
-                        .await
-                        .expect("GET");
-                    let bytes = v.expect("stored value");
+                    let bytes = raw_get(&mut conn, &keys[t as usize]).await;
                     let item: Item = herdcache::Bincode.decode(&bytes[24..]).expect("decode");
                     black_box(Arc::new(item));
                 }

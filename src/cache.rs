@@ -22,7 +22,7 @@ use crate::envelope::{HEADER_LEN, Header, now_ms};
 use crate::error::{Error, ErrorKind};
 use crate::keys::check_key;
 use crate::load::LoadFn;
-use crate::local::{Flight, Flights, Local, Outcome};
+use crate::local::{Flight, Flights, Local, Outcome, Ticket};
 use crate::notify::{Bus, BusEvent, Waiters};
 use crate::remote::Remote;
 use crate::stats::{Counters, Stats};
@@ -138,12 +138,7 @@ where
         {
             match inner.remote.get(key).await {
                 Ok(Some(bytes)) => {
-                    if let Some(Decoded::Fresh(header, value)) = inner.decode(&bytes) {
-                        Counters::bump(&inner.stats.l2_hits);
-                        let value = Arc::new(value);
-                        inner
-                            .local
-                            .insert_if_current(key, value.clone(), &header, &solo.ticket);
+                    if let Some(value) = inner.fresh_read(key, &bytes, &solo.ticket) {
                         return Ok(value);
                     }
                 }
@@ -246,20 +241,11 @@ where
             .get(key)
             .await
             .map_err(|e| inner.redis_error("GET", e))?;
-        match bytes.map(|b| inner.decode(&b)) {
-            Some(Some(Decoded::Fresh(header, value))) => {
-                Counters::bump(&inner.stats.l2_hits);
-                let value = Arc::new(value);
-                inner
-                    .local
-                    .insert_if_current(key, value.clone(), &header, &ticket);
-                Ok(Some(value))
-            }
-            _ => {
-                Counters::bump(&inner.stats.misses);
-                Ok(None)
-            }
+        let value = bytes.and_then(|b| inner.fresh_read(key, &b, &ticket));
+        if value.is_none() {
+            Counters::bump(&inner.stats.misses);
         }
+        Ok(value)
     }
 
     /// [`get`](Self::get) for many keys: L1 first, then **one** `MGET` round
@@ -292,30 +278,19 @@ where
         if missing.is_empty() {
             return Ok(out);
         }
-        let redis_keys: Vec<_> = missing
-            .iter()
-            .map(|&i| inner.remote.keys(keys[i].as_ref()))
-            .collect();
         let tickets: Vec<_> = missing
             .iter()
             .map(|&i| inner.flights.ticket(keys[i].as_ref()))
             .collect();
         let values = inner
             .remote
-            .mget(&redis_keys)
+            .mget(missing.iter().map(|&i| keys[i].as_ref()))
             .await
             .map_err(|e| inner.redis_error("MGET", e))?;
         for ((&i, bytes), ticket) in missing.iter().zip(values).zip(&tickets) {
-            match bytes.map(|b| inner.decode(&b)) {
-                Some(Some(Decoded::Fresh(header, value))) => {
-                    Counters::bump(&inner.stats.l2_hits);
-                    let value = Arc::new(value);
-                    inner
-                        .local
-                        .insert_if_current(keys[i].as_ref(), value.clone(), &header, ticket);
-                    out[i] = Some(value);
-                }
-                _ => Counters::bump(&inner.stats.misses),
+            out[i] = bytes.and_then(|b| inner.fresh_read(keys[i].as_ref(), &b, ticket));
+            if out[i].is_none() {
+                Counters::bump(&inner.stats.misses);
             }
         }
         Ok(out)
@@ -638,6 +613,26 @@ where
                 });
             }
         }
+    }
+
+    /// The value in `bytes` (read from Redis under `ticket`) if it is
+    /// fresh: counted as an L2 hit and kept in L1 unless a write of the key
+    /// was applied meanwhile. Stale or undecodable bytes give `None`; the
+    /// caller decides what a miss means.
+    pub(crate) fn fresh_read(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        ticket: &Ticket<'_>,
+    ) -> Option<Arc<V>> {
+        let Some(Decoded::Fresh(header, value)) = self.decode(bytes) else {
+            return None;
+        };
+        Counters::bump(&self.stats.l2_hits);
+        let value = Arc::new(value);
+        self.local
+            .insert_if_current(key, value.clone(), &header, ticket);
+        Some(value)
     }
 
     /// A fresh L1 value (uncounted: callers count the hit as theirs).

@@ -464,10 +464,7 @@ impl<V> Flights<V> {
         let lane = self.lanes.lane(key);
         let _write = lane.write.lock().expect("lane lock");
         let current = ticket.still_current();
-        let flight = self.map.lock().expect("flights lock").remove(key);
-        if let Some(f) = flight {
-            *f.voided.lock().expect("voided lock") = true;
-        }
+        self.detach(key);
         if current {
             insert();
         }
@@ -478,6 +475,11 @@ impl<V> Flights<V> {
     /// starts a new one.
     pub(crate) fn void(&self, key: &str) {
         self.lanes.lane(key).bump();
+        self.detach(key);
+    }
+
+    /// Removes the load of `key` from the table and marks it voided.
+    fn detach(&self, key: &str) {
         let flight = self.map.lock().expect("flights lock").remove(key);
         if let Some(f) = flight {
             *f.voided.lock().expect("voided lock") = true;

@@ -154,13 +154,16 @@ impl Remote {
         .await
     }
 
-    /// One MGET for many value keys.
-    pub(crate) async fn mget(&self, keys: &[RedisKeys]) -> RedisResult<Vec<Option<Vec<u8>>>> {
+    /// One MGET of the values of many user keys.
+    pub(crate) async fn mget<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k str>,
+    ) -> RedisResult<Vec<Option<Vec<u8>>>> {
+        let mut cmd = redis::cmd("MGET");
+        for k in keys {
+            cmd.arg(self.layout.value_key_arg(k));
+        }
         self.call(async {
-            let mut cmd = redis::cmd("MGET");
-            for k in keys {
-                cmd.arg(&k.value);
-            }
             cmd.query_async(&mut ConnectionManager::clone(&self.conn))
                 .await
         })
