@@ -6,9 +6,9 @@
 //!
 //! | bench | what one operation does |
 //! |---|---|
-//! | `<group>/herdcache_get_or_compute` | `cache.get_or_compute(key, loader).await`: L1 miss, join the key's flight, `GET` on herdcache's `ConnectionManager` (one multiplexed RESP3 connection), decode the envelope and the value |
+//! | `<group>/herdcache_get_or_compute` | `cache.get_or_compute(key, loader).await`: L1 miss, join the key's flight, `GET` on herdcache's connection (one `MultiplexedConnection`, RESP3), decode the envelope and the value |
 //! | `<group>/raw_get` | `GET` of the same Redis key on one `MultiplexedConnection` (`client.get_multiplexed_async_connection()`, RESP2), returning the bytes undecoded: the baseline |
-//! | `<group>/raw_get_cm_resp3` | the same `GET` on a redis-rs `ConnectionManager` set up like herdcache's (RESP3, response and connection timeouts), to tell what herdcache's own code costs from what its choice of connection costs |
+//! | `<group>/raw_get_resp3` | the same `GET` on a `MultiplexedConnection` set up like herdcache's (RESP3, response timeout), to tell what herdcache's own code costs from what its choice of protocol costs |
 //!
 //! | group | tasks | keys |
 //! |---|---|---|
@@ -31,7 +31,7 @@ use common::{Item, item};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use herdcache::Cache;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use std::future::Future;
 use std::hint::black_box;
 use std::sync::{Arc, Mutex};
@@ -132,8 +132,8 @@ fn l2_hit(c: &mut Criterion) {
         .build()
         .expect("tokio runtime");
 
-    let (cache, conn, cm): (Cache<Item>, MultiplexedConnection, ConnectionManager) =
-        rt.block_on(async {
+    let (cache, conn, resp3): (Cache<Item>, MultiplexedConnection, MultiplexedConnection) = rt
+        .block_on(async {
             let cache = Cache::builder(NAMESPACE)
                 .redis_url(server.url())
                 .ttl(Duration::from_secs(3600))
@@ -152,23 +152,23 @@ fn l2_hit(c: &mut Criterion) {
                 )
                 .await
                 .expect("multiplexed connection");
-            // As herdcache's builder sets up its own (src/builder.rs), less the
-            // push channel and retry settings, which a GET never touches.
+            // As herdcache sets up its own (src/link.rs), less the push
+            // channel, which a GET never touches.
             let info = client.get_connection_info().clone();
             let settings = info
                 .redis_settings()
                 .clone()
                 .set_protocol(redis::ProtocolVersion::RESP3);
             let resp3 = redis::Client::open(info.set_redis_settings(settings)).expect("client");
-            let cm = ConnectionManager::new_with_config(
-                resp3,
-                ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(TIMEOUT))
-                    .set_connection_timeout(Some(TIMEOUT)),
-            )
-            .await
-            .expect("connection manager");
-            (cache, conn, cm)
+            let resp3 = resp3
+                .get_multiplexed_async_connection_with_config(
+                    &redis::AsyncConnectionConfig::new()
+                        .set_response_timeout(Some(TIMEOUT))
+                        .set_connection_timeout(Some(TIMEOUT)),
+                )
+                .await
+                .expect("RESP3 multiplexed connection");
+            (cache, conn, resp3)
         });
 
     // Both sides must read the same bytes, and herdcache must really go to
@@ -206,7 +206,7 @@ fn l2_hit(c: &mut Criterion) {
         group.throughput(Throughput::Elements(1));
         let herd_lat: Latencies = Arc::default();
         let raw_lat: Latencies = Arc::default();
-        let cm_lat: Latencies = Arc::default();
+        let resp3_lat: Latencies = Arc::default();
         let pick = move |t: u64| if distinct { t as usize } else { 0 };
         let coalesced_before = cache.stats().coalesced;
 
@@ -244,15 +244,15 @@ fn l2_hit(c: &mut Criterion) {
                 }
             })
         });
-        group.bench_function(BenchmarkId::from_parameter("raw_get_cm_resp3"), |b| {
+        group.bench_function(BenchmarkId::from_parameter("raw_get_resp3"), |b| {
             b.to_async(&rt).iter_custom(|iters| {
-                let (cm, keys) = (cm.clone(), raw_keys.clone());
-                let lat = cm_lat.clone();
+                let (conn, keys) = (resp3.clone(), raw_keys.clone());
+                let lat = resp3_lat.clone();
                 async move {
                     batch(tasks, iters, &lat, move |t| {
-                        let (mut cm, keys) = (cm.clone(), keys.clone());
+                        let (mut conn, keys) = (conn.clone(), keys.clone());
                         async move {
-                            black_box(raw_get(&mut cm, &keys[pick(t)]).await);
+                            black_box(raw_get(&mut conn, &keys[pick(t)]).await);
                         }
                     })
                     .await
@@ -262,7 +262,7 @@ fn l2_hit(c: &mut Criterion) {
         group.finish();
         report(&format!("{group_name}/herdcache_get_or_compute"), &herd_lat);
         report(&format!("{group_name}/raw_get"), &raw_lat);
-        report(&format!("{group_name}/raw_get_cm_resp3"), &cm_lat);
+        report(&format!("{group_name}/raw_get_resp3"), &resp3_lat);
         println!("coalesced {group_name}/herdcache_get_or_compute: {coalesced}");
         if distinct {
             assert_eq!(coalesced, 0, "distinct keys must not coalesce");

@@ -19,7 +19,7 @@
 //! | `moka-sync` | `moka::sync::Cache::get("k")` |
 //! | `herdcache-l2` | `get_or_compute("k", loader).await` on a cache built with `.local_ttl(Duration::ZERO)`: an L2 hit, one `GET` to Redis |
 //! | `raw-get` | a redis-rs `GET` of the same Redis key on one `MultiplexedConnection` |
-//! | `raw-get-cm` | the same `GET` on a redis-rs `ConnectionManager` with RESP3 and a response timeout, as herdcache sets up its own |
+//! | `raw-get-resp3` | the same `GET` on a `MultiplexedConnection` with RESP3 and a response timeout, as herdcache sets up its own |
 //! | `raw-get-decode` | `raw-get`, then what any reader must do with the bytes: decode the `Item` (skipping herdcache's 24-byte header) and `Arc` it: hand-written cache-aside |
 //!
 //! The last two are not L1 hits: they count the client-side instructions of
@@ -55,13 +55,13 @@ enum Mode {
     MokaSync,
     HerdcacheL2,
     RawGet,
-    RawGetCm,
+    RawGetResp3,
     RawGetDecode,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: l1_callgrind [herdcache|moka-future|moka-sync|herdcache-l2|raw-get|raw-get-cm|raw-get-decode] [N]"
+        "usage: l1_callgrind [herdcache|moka-future|moka-sync|herdcache-l2|raw-get|raw-get-resp3|raw-get-decode] [N]"
     );
     std::process::exit(2)
 }
@@ -125,7 +125,7 @@ fn main() {
         "moka-sync" => Mode::MokaSync,
         "herdcache-l2" => Mode::HerdcacheL2,
         "raw-get" => Mode::RawGet,
-        "raw-get-cm" => Mode::RawGetCm,
+        "raw-get-resp3" => Mode::RawGetResp3,
         "raw-get-decode" => Mode::RawGetDecode,
         _ => usage(),
     };
@@ -168,14 +168,15 @@ fn main() {
             .redis_settings()
             .clone()
             .set_protocol(redis::ProtocolVersion::RESP3);
-        let mut cm = redis::aio::ConnectionManager::new_with_config(
-            redis::Client::open(info.set_redis_settings(settings)).expect("client"),
-            redis::aio::ConnectionManagerConfig::new()
-                .set_response_timeout(Some(TIMEOUT))
-                .set_connection_timeout(Some(TIMEOUT)),
-        )
-        .await
-        .expect("connection manager");
+        let mut resp3 = redis::Client::open(info.set_redis_settings(settings))
+            .expect("client")
+            .get_multiplexed_async_connection_with_config(
+                &redis::AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(TIMEOUT))
+                    .set_connection_timeout(Some(TIMEOUT)),
+            )
+            .await
+            .expect("RESP3 multiplexed connection");
         let future_cache = moka::future::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(TTL)
@@ -196,7 +197,7 @@ fn main() {
             Mode::MokaSync => moka_sync_hits(&sync_cache, n),
             Mode::HerdcacheL2 => herdcache_hits(&l2_cache, n).await,
             Mode::RawGet => raw_gets(&mut conn, "hc:{l1-callgrind:k}:v", n, false).await,
-            Mode::RawGetCm => raw_gets(&mut cm, "hc:{l1-callgrind:k}:v", n, false).await,
+            Mode::RawGetResp3 => raw_gets(&mut resp3, "hc:{l1-callgrind:k}:v", n, false).await,
             Mode::RawGetDecode => raw_gets(&mut conn, "hc:{l1-callgrind:k}:v", n, true).await,
         }
         let l1_hits = cache.stats().l1_hits - before;
@@ -220,7 +221,7 @@ fn mode_name(mode: Mode) -> &'static str {
         Mode::MokaSync => "moka-sync",
         Mode::HerdcacheL2 => "herdcache-l2",
         Mode::RawGet => "raw-get",
-        Mode::RawGetCm => "raw-get-cm",
+        Mode::RawGetResp3 => "raw-get-resp3",
         Mode::RawGetDecode => "raw-get-decode",
     }
 }

@@ -1,6 +1,5 @@
 //! [`CacheBuilder`]: every option, its default, and the trade-off it sets.
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ProtocolVersion};
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -10,8 +9,9 @@ use crate::cache::{Cache, Inner};
 use crate::codec::{Codec, DefaultCodec};
 use crate::error::{Error, ErrorKind};
 use crate::keys::Layout;
+use crate::link::Link;
 use crate::local::{Flights, Local};
-use crate::notify::{Bus, Waiters, spawn_listener};
+use crate::notify::{Bus, Waiters};
 use crate::remote::Remote;
 use crate::stats::Counters;
 
@@ -113,8 +113,8 @@ impl<V, C: Codec> CacheBuilder<V, C> {
     }
 
     /// The Redis to use, as a `redis::Client` (for TLS, ACL or other settings
-    /// a URL cannot carry). The cache builds its own `ConnectionManager`
-    /// from it, because it needs a push channel and its own timeouts on it.
+    /// a URL cannot carry). The cache opens its own connection from it,
+    /// because it needs a push channel and its own timeouts on it.
     pub fn client(mut self, client: Client) -> Self {
         self.redis = Some(RedisSource::Client(client));
         self
@@ -331,32 +331,11 @@ where
 
         let origin = fastrand::u64(..);
         let waiters = Arc::new(Waiters::default());
-        let (bus, push_rx) = Bus::new(waiters.clone(), origin);
+        let bus = Bus::new(waiters.clone(), origin);
         let timeout = self.config.redis_timeout;
-        let manager_config = ConnectionManagerConfig::new()
-            // Our calls are bounded by `remote::bounded` (which also covers
-            // reconnect waits); the manager's own response timeout is still
-            // needed for what it sends by itself inside a reconnect (the
-            // resubscription): without it, a Redis that accepts connections
-            // but never answers would hang the reconnect for good. It costs
-            // a second timer per call (~650 instructions of an L2 hit).
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            // Reconnect quickly and keep trying: a Redis that comes back
-            // should be used again within about a second.
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500))
-            .set_number_of_retries(3)
-            .set_push_sender(bus.sender())
-            .set_automatic_resubscription();
-        let mut conn = ConnectionManager::new_with_config(client, manager_config)
+        let link = Link::open(client, timeout, layout.channel().to_owned(), bus.clone())
             .await
-            .map_err(|e| Error::redis("connect", e))?;
-        crate::remote::bounded(timeout, conn.subscribe(layout.channel()))
-            .await
-            .map_err(|e| Error::redis("subscribe", e))?;
-
-        let conn = Arc::new(conn);
+            .map_err(|e| Error::redis("connect and subscribe", e))?;
         let stats = Arc::new(Counters::default());
         let local = Local::new(
             self.config.max_capacity,
@@ -370,7 +349,7 @@ where
         let flights = Arc::new(Flights::default());
         let inner = Arc::new(Inner {
             remote: Remote::new(
-                conn.clone(),
+                link,
                 layout,
                 origin,
                 timeout,
@@ -386,8 +365,8 @@ where
             codec: self.codec,
             ttl_for: self.ttl_for,
         });
-        // The listener holds the cache weakly: the cache owns the connection
-        // whose pushes feed the listener, so a strong reference would be a
+        // The bus holds the cache weakly: the cache owns the connection
+        // whose pushes feed the bus, so a strong reference would be a
         // cycle that outlives every `Cache` handle.
         let weak = Arc::downgrade(&inner);
         bus.attach(Box::new(move |event| {
@@ -395,7 +374,6 @@ where
                 inner.on_bus(event);
             }
         }));
-        spawn_listener(push_rx, bus, Arc::downgrade(&conn), timeout);
         inner
             .remote
             .sync_generation()

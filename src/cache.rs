@@ -252,7 +252,7 @@ where
     /// trip for the rest. Results are in the order of `keys`.
     ///
     /// Note: on Redis Cluster the keys of one `MGET` must share a slot; this
-    /// crate's connection is a standalone `ConnectionManager`.
+    /// crate's connection is to a standalone Redis.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidKey`] before anything is sent; [`ErrorKind::Redis`]

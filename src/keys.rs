@@ -100,8 +100,8 @@ impl Layout {
         String::from_utf8(value).expect("built from str pieces")
     }
 
-    /// The value key as a command argument, for the L2 hit's `GET`: built on
-    /// the stack when it fits, so that path allocates no `String` for it.
+    /// The value key as a command argument, for the L2 hit's `GET`: written
+    /// straight into the command, so that path allocates no `String` for it.
     pub(crate) fn value_key_arg<'a>(&'a self, key: &'a str) -> ValueKeyArg<'a> {
         ValueKeyArg { layout: self, key }
     }
@@ -126,16 +126,10 @@ pub(crate) struct ValueKeyArg<'a> {
 
 impl redis::ToRedisArgs for ValueKeyArg<'_> {
     fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
-        let mut buf = [0u8; 256];
-        let mut cursor = std::io::Cursor::new(&mut buf[..]);
-        match self.layout.write_value_key(&mut cursor, self.key) {
-            Ok(()) => {
-                let len = cursor.position() as usize;
-                out.write_arg(&buf[..len]);
-            }
-            // Too long for the stack buffer.
-            Err(_) => out.write_arg(self.layout.value_key(self.key).as_bytes()),
-        }
+        // Written straight into the command's buffer: no key string.
+        self.layout
+            .write_value_key(&mut out.writer_for_next_arg(), self.key)
+            .expect("writing to a command buffer cannot fail");
     }
 }
 

@@ -9,6 +9,7 @@
 //! | `load.rs` | the rebuild protocol of a flight: lock, wait, load, fill, fail-safe |
 //! | `local.rs` | the moka tier (L1), the per-process table of loads in flight, and the lanes that let an L2 hit skip that table |
 //! | `remote.rs` | the Redis tier: one method per round trip, each bounded by `redis_timeout` |
+//! | `link.rs` | the Redis connection: one multiplexed RESP3 connection, never waited for; one task replaces it when lost and resubscribes |
 //! | `breaker.rs` | circuit breaker: skip a Redis that is down, probe it, recover |
 //! | `scripts.rs` | every Lua script, with why each is atomic |
 //! | `lock.rs` | rebuild-lock tokens; running the loader under the watchdog |
@@ -46,6 +47,7 @@ mod codec;
 mod envelope;
 mod error;
 mod keys;
+mod link;
 mod load;
 mod local;
 mod lock;

@@ -2,13 +2,13 @@
 //! make other processes drop their L1 copy.
 //!
 //! Each cache subscribes once, at build time, to `hc:bus:<ns>` over RESP3 push
-//! on its `ConnectionManager`, which resubscribes by itself after a
-//! reconnect. A waiter therefore never issues SUBSCRIBE: it registers a local
+//! on its connection, and again on each new connection before calls can use
+//! it (`link.rs`). A waiter therefore never issues SUBSCRIBE: it registers a local
 //! [`Watch`] *before* re-reading Redis, so a notice that lands between its
 //! read and its wait still wakes it (no lost wake-up). Pub/sub drops what is
 //! published while a connection is down, so on the library's `Disconnection`
-//! push every waiter is woken to re-check, and once a `PING` answers again
-//! (the manager has reconnected and resubscribed) all of L1 is flushed: what
+//! push every waiter is woken to re-check, and once a new connection is up
+//! and subscribed all of L1 is flushed: what
 //! was invalidated meanwhile is gone, and what was not is re-read once. L1 is
 //! *not* flushed at the disconnect itself: while Redis is unreachable, L1 is
 //! what keeps serving (fail-safe), and nobody can change Redis through us.
@@ -21,14 +21,10 @@
 //! small (`INLINE_MAX`): other processes then put the new value straight
 //! into L1 and their waiters wake with it in hand, with no second GET.
 
-use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
-
-use crate::remote::ping;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 /// What a notice announces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,16 +245,12 @@ impl Drop for Watch {
 /// connection). A write that never reaches Redis without a disconnection
 /// keeps its key out of the shortcut until the next one: a lost shortcut,
 /// never a stale value.
-///
-/// The `Disconnection` push then goes to a task, since its handling waits
-/// for Redis to answer again.
 pub(crate) struct Bus {
     waiters: Arc<Waiters>,
     origin: u64,
     /// Set once the cache exists (the connection, and so the first pushes,
     /// come before it): notices before that have no L1 to act on.
     on_event: std::sync::OnceLock<OnEvent>,
-    others: mpsc::UnboundedSender<PushInfo>,
     pending: Mutex<Pending>,
 }
 
@@ -316,20 +308,28 @@ impl Drop for OwnWrite<'_> {
 }
 
 impl Bus {
-    /// The bus, and the receiver that [`spawn_listener`] takes.
-    pub(crate) fn new(
-        waiters: Arc<Waiters>,
-        origin: u64,
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<PushInfo>) {
-        let (others, rx) = mpsc::unbounded_channel();
-        let bus = Bus {
+    pub(crate) fn new(waiters: Arc<Waiters>, origin: u64) -> Arc<Self> {
+        Arc::new(Bus {
             waiters,
             origin,
             on_event: std::sync::OnceLock::new(),
-            others,
             pending: Mutex::default(),
-        };
-        (Arc::new(bus), rx)
+        })
+    }
+
+    /// The connection was lost: every waiter re-checks (its notice may be
+    /// lost with the connection).
+    pub(crate) fn wake_all(&self) {
+        self.waiters.wake_all();
+    }
+
+    /// A new connection is up and subscribed: L1 is flushed of what may
+    /// have changed meanwhile, and waiters re-check.
+    pub(crate) fn reconnected(&self) {
+        if let Some(on_event) = self.on_event.get() {
+            on_event(BusEvent::Reconnected);
+        }
+        self.waiters.wake_all();
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -360,26 +360,19 @@ impl Bus {
         let _ = self.on_event.set(on_event);
     }
 
-    /// The push sender for `ConnectionManagerConfig::set_push_sender`.
-    pub(crate) fn sender(
-        self: &Arc<Self>,
-    ) -> impl Fn(PushInfo) -> Result<(), mpsc::error::SendError<PushInfo>> + Send + Sync + 'static
-    {
+    /// What a connection does with each push (`link.rs` wraps it). Runs in
+    /// the connection's own task, in the order the pushes and replies
+    /// arrive: must not block.
+    pub(crate) fn sender(self: &Arc<Self>) -> impl Fn(PushInfo) + Send + Sync + 'static {
         let bus = self.clone();
         move |push: PushInfo| match push.kind {
-            PushKind::Message => {
-                bus.apply(&push);
-                Ok(())
-            }
-            PushKind::Disconnection => {
-                bus.forget_returned_writes();
-                bus.others.send(push)
-            }
-            _ => bus.others.send(push),
+            PushKind::Message => bus.apply(&push),
+            PushKind::Disconnection => bus.forget_returned_writes(),
+            _ => {}
         }
     }
 
-    /// Applies one notice. Must not block: it runs in the manager's push
+    /// Applies one notice. Must not block: it runs in the connection's
     /// task. L1 is updated *before* waiters are woken, so a woken waiter
     /// finds the new value there, and its own L1 insert is never undone by
     /// the notice that woke it.
@@ -436,38 +429,6 @@ impl Bus {
     }
 }
 
-/// Handles the pushes that are not notices until the connection manager is
-/// gone: on a `Disconnection`, wakes every waiter to re-check, waits for
-/// Redis to answer again (our PINGs also drive the manager's reconnect),
-/// then reports `Reconnected` so L1 is flushed.
-pub(crate) fn spawn_listener(
-    mut pushes: mpsc::UnboundedReceiver<PushInfo>,
-    bus: Arc<Bus>,
-    conn: Weak<ConnectionManager>,
-    timeout: Duration,
-) {
-    tokio::spawn(async move {
-        while let Some(push) = pushes.recv().await {
-            if push.kind != PushKind::Disconnection {
-                continue;
-            }
-            bus.waiters.wake_all();
-            loop {
-                let Some(conn) = conn.upgrade() else { return };
-                if ping(&conn, timeout).await {
-                    break;
-                }
-                drop(conn);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            if let Some(on_event) = bus.on_event.get() {
-                on_event(BusEvent::Reconnected);
-            }
-            bus.waiters.wake_all();
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,7 +449,7 @@ mod tests {
 
     #[test]
     fn own_writes_hold_back_fills_until_their_notice_is_back() {
-        let (bus, _rx) = Bus::new(Arc::new(Waiters::default()), 7);
+        let bus = Bus::new(Arc::new(Waiters::default()), 7);
         let w = bus.own_write(Some("k"));
         assert!(bus.pending().blocks("k") && !bus.pending().blocks("j"));
         bus.pending().remove(w.id); // its notice came back

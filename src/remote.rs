@@ -1,15 +1,22 @@
 //! The Redis tier: one method per round trip the read and write paths make.
 //! Everything here is a thin typed wrapper over a script in `scripts.rs` or
 //! a single command; the decisions live in `cache.rs`.
+//!
+//! Every call is bounded by `redis_timeout`. A single command (the `GET` of
+//! an L2 hit, `MGET`) is bounded by the connection's own response timeout
+//! and needs no timer of ours (the connection never makes a call wait for a
+//! reconnect: `link.rs`). A script can take three round trips (`EVALSHA`,
+//! then `SCRIPT LOAD` and `EVALSHA` again after a Redis restart), and
+//! `try_lock` takes two, so those are bounded as a whole by [`bounded`].
 
-use redis::aio::ConnectionManager;
-use redis::{RedisResult, Value};
+use redis::{Cmd, FromRedisValue, RedisResult, ScriptInvocation, Value};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::breaker::Breaker;
 use crate::keys::{Layout, RedisKeys};
+use crate::link::Link;
 use crate::notify::{Notice, NoticeKind};
 use crate::scripts;
 use crate::stats::Counters;
@@ -29,9 +36,7 @@ pub(crate) enum Probe {
 }
 
 pub(crate) struct Remote {
-    /// In an `Arc` so the bus can hold a `Weak` to probe a lost connection
-    /// without keeping it alive after the last `Cache` handle is dropped.
-    conn: Arc<ConnectionManager>,
+    link: Arc<Link>,
     layout: Layout,
     origin: u64,
     timeout: Duration,
@@ -39,9 +44,7 @@ pub(crate) struct Remote {
     stats: Arc<Counters>,
 }
 
-/// Bounds a Redis call by `limit`. The connection's own response timeout
-/// does not cover the wait for a reconnect while Redis is down (the manager
-/// retries with backoff for seconds), so every call is wrapped here too.
+/// Bounds a multi-round-trip Redis call by `limit` as a whole.
 pub(crate) async fn bounded<T>(
     limit: Duration,
     call: impl Future<Output = RedisResult<T>>,
@@ -59,17 +62,9 @@ fn ms(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
-/// `PING`, bounded: has the connection come back?
-pub(crate) async fn ping(conn: &ConnectionManager, limit: Duration) -> bool {
-    let mut conn = conn.clone();
-    bounded(limit, redis::cmd("PING").query_async::<String>(&mut conn))
-        .await
-        .is_ok()
-}
-
 impl Remote {
     pub(crate) fn new(
-        conn: Arc<ConnectionManager>,
+        link: Arc<Link>,
         layout: Layout,
         origin: u64,
         timeout: Duration,
@@ -77,7 +72,7 @@ impl Remote {
         stats: Arc<Counters>,
     ) -> Self {
         Remote {
-            conn,
+            link,
             layout,
             origin,
             timeout,
@@ -87,7 +82,7 @@ impl Remote {
     }
 
     /// Every call goes through here: refused at once while the breaker is
-    /// open, bounded by `redis_timeout` otherwise, and its outcome recorded.
+    /// open, and its outcome recorded.
     async fn call<T>(&self, call: impl Future<Output = RedisResult<T>>) -> RedisResult<T> {
         if !self.breaker.admit() {
             Counters::bump(&self.stats.breaker_rejections);
@@ -96,9 +91,25 @@ impl Remote {
                 "Redis is unreachable (circuit breaker open)",
             )));
         }
-        let result = bounded(self.timeout, call).await;
+        let result = call.await;
         self.breaker.record(&result);
         result
+    }
+
+    /// One command, bounded by the connection's response timeout.
+    async fn command<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
+        self.call(self.link.query(cmd)).await
+    }
+
+    /// One script, bounded by `redis_timeout` as a whole.
+    async fn script<T: FromRedisValue>(&self, script: &ScriptInvocation<'_>) -> RedisResult<T> {
+        self.call(bounded(self.timeout, async {
+            let mut conn = self.link.get()?;
+            let result = script.invoke_async(&mut conn.conn).await;
+            self.link.check(&conn, &result);
+            result
+        }))
+        .await
     }
 
     pub(crate) fn keys(&self, key: &str) -> RedisKeys {
@@ -112,12 +123,7 @@ impl Remote {
     /// Reads the namespace generation from Redis and moves to it.
     pub(crate) async fn sync_generation(&self) -> RedisResult<()> {
         let g: Option<u64> = self
-            .call(async {
-                redis::cmd("GET")
-                    .arg(self.layout.generation_key())
-                    .query_async(&mut ConnectionManager::clone(&self.conn))
-                    .await
-            })
+            .command(redis::cmd("GET").arg(self.layout.generation_key()))
             .await?;
         self.layout.advance_generation(g.unwrap_or(0));
         Ok(())
@@ -126,14 +132,12 @@ impl Remote {
     /// Starts a new generation; returns it. `write_id`: see `Bus::own_write`.
     pub(crate) async fn clear(&self, write_id: u64) -> RedisResult<u64> {
         let g: u64 = self
-            .call(async {
+            .script(
                 scripts::CLEAR
                     .key(self.layout.generation_key())
                     .arg(self.layout.channel())
-                    .arg(Notice::cleared_prefix(self.origin, write_id))
-                    .invoke_async(&mut ConnectionManager::clone(&self.conn))
-                    .await
-            })
+                    .arg(Notice::cleared_prefix(self.origin, write_id)),
+            )
             .await?;
         self.layout.advance_generation(g);
         Ok(g)
@@ -145,13 +149,8 @@ impl Remote {
 
     /// `GET` of the value of the user's `key`.
     pub(crate) async fn get(&self, key: &str) -> RedisResult<Option<Vec<u8>>> {
-        self.call(async {
-            redis::cmd("GET")
-                .arg(self.layout.value_key_arg(key))
-                .query_async(&mut ConnectionManager::clone(&self.conn))
-                .await
-        })
-        .await
+        self.command(redis::cmd("GET").arg(self.layout.value_key_arg(key)))
+            .await
     }
 
     /// One MGET of the values of many user keys.
@@ -163,11 +162,7 @@ impl Remote {
         for k in keys {
             cmd.arg(self.layout.value_key_arg(k));
         }
-        self.call(async {
-            cmd.query_async(&mut ConnectionManager::clone(&self.conn))
-                .await
-        })
-        .await
+        self.command(&cmd).await
     }
 
     /// The read-or-lock probe. A stored value counts as fresh when its
@@ -181,18 +176,17 @@ impl Remote {
         lock_ttl: Duration,
         fresh_after_ms: u64,
     ) -> RedisResult<Probe> {
-        self.call(async {
-            let reply: Value = scripts::GET_OR_LOCK
-                .key(&keys.value)
-                .key(&keys.lock)
-                .arg(token)
-                .arg(ms(lock_ttl))
-                .arg(fresh_after_ms)
-                .invoke_async(&mut ConnectionManager::clone(&self.conn))
-                .await?;
-            parse_probe(reply)
-        })
-        .await
+        let reply: Value = self
+            .script(
+                scripts::GET_OR_LOCK
+                    .key(&keys.value)
+                    .key(&keys.lock)
+                    .arg(token)
+                    .arg(ms(lock_ttl))
+                    .arg(fresh_after_ms),
+            )
+            .await?;
+        parse_probe(reply)
     }
 
     /// Takes the lock when a value exists but is unusable (undecodable).
@@ -203,25 +197,24 @@ impl Remote {
         token: &str,
         lock_ttl: Duration,
     ) -> RedisResult<Option<Duration>> {
-        self.call(async {
-            let mut conn = ConnectionManager::clone(&self.conn);
-            let set: Option<String> = redis::cmd("SET")
-                .arg(&keys.lock)
-                .arg(token)
-                .arg("NX")
-                .arg("PX")
-                .arg(ms(lock_ttl))
-                .query_async(&mut conn)
+        self.call(bounded(self.timeout, async {
+            let set: Option<String> = self
+                .link
+                .query(
+                    redis::cmd("SET")
+                        .arg(&keys.lock)
+                        .arg(token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ms(lock_ttl)),
+                )
                 .await?;
             if set.is_some() {
                 return Ok(None);
             }
-            let pttl: i64 = redis::cmd("PTTL")
-                .arg(&keys.lock)
-                .query_async(&mut conn)
-                .await?;
+            let pttl: i64 = self.link.query(redis::cmd("PTTL").arg(&keys.lock)).await?;
             Ok(Some(Duration::from_millis(pttl.max(0) as u64)))
-        })
+        }))
         .await
     }
 
@@ -231,16 +224,10 @@ impl Remote {
         token: &str,
         lock_ttl: Duration,
     ) -> RedisResult<bool> {
-        self.call(async {
-            let n: i64 = scripts::EXTEND
-                .key(&keys.lock)
-                .arg(token)
-                .arg(ms(lock_ttl))
-                .invoke_async(&mut ConnectionManager::clone(&self.conn))
-                .await?;
-            Ok(n == 1)
-        })
-        .await
+        let n: i64 = self
+            .script(scripts::EXTEND.key(&keys.lock).arg(token).arg(ms(lock_ttl)))
+            .await?;
+        Ok(n == 1)
     }
 
     pub(crate) async fn fill(
@@ -251,20 +238,19 @@ impl Remote {
         envelope: &[u8],
         px: Duration,
     ) -> RedisResult<bool> {
-        self.call(async {
-            let n: i64 = scripts::FILL
-                .key(&keys.value)
-                .key(&keys.lock)
-                .arg(token)
-                .arg(envelope)
-                .arg(ms(px))
-                .arg(self.layout.channel())
-                .arg(self.notice(NoticeKind::Filled, key, envelope))
-                .invoke_async(&mut ConnectionManager::clone(&self.conn))
-                .await?;
-            Ok(n == 1)
-        })
-        .await
+        let n: i64 = self
+            .script(
+                scripts::FILL
+                    .key(&keys.value)
+                    .key(&keys.lock)
+                    .arg(token)
+                    .arg(envelope)
+                    .arg(ms(px))
+                    .arg(self.layout.channel())
+                    .arg(self.notice(NoticeKind::Filled, key, envelope)),
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     pub(crate) async fn release(
@@ -273,17 +259,16 @@ impl Remote {
         keys: &RedisKeys,
         token: &str,
     ) -> RedisResult<bool> {
-        self.call(async {
-            let n: i64 = scripts::RELEASE
-                .key(&keys.lock)
-                .arg(token)
-                .arg(self.layout.channel())
-                .arg(self.notice(NoticeKind::Released, key, &[]))
-                .invoke_async(&mut ConnectionManager::clone(&self.conn))
-                .await?;
-            Ok(n == 1)
-        })
-        .await
+        let n: i64 = self
+            .script(
+                scripts::RELEASE
+                    .key(&keys.lock)
+                    .arg(token)
+                    .arg(self.layout.channel())
+                    .arg(self.notice(NoticeKind::Released, key, &[])),
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     /// `write_id`: see `Bus::own_write`.
@@ -295,19 +280,18 @@ impl Remote {
         px: Duration,
         write_id: u64,
     ) -> RedisResult<()> {
-        self.call(async {
-            let _: i64 = scripts::SET_VOIDING
-                .key(&keys.value)
-                .key(&keys.lock)
-                .arg(envelope)
-                .arg(ms(px))
-                .arg(self.layout.channel())
-                .arg(Notice::changed(self.origin, key, write_id))
-                .invoke_async(&mut ConnectionManager::clone(&self.conn))
-                .await?;
-            Ok(())
-        })
-        .await
+        let _: i64 = self
+            .script(
+                scripts::SET_VOIDING
+                    .key(&keys.value)
+                    .key(&keys.lock)
+                    .arg(envelope)
+                    .arg(ms(px))
+                    .arg(self.layout.channel())
+                    .arg(Notice::changed(self.origin, key, write_id)),
+            )
+            .await?;
+        Ok(())
     }
 
     /// `write_id`: see `Bus::own_write`.
@@ -317,17 +301,16 @@ impl Remote {
         keys: &RedisKeys,
         write_id: u64,
     ) -> RedisResult<()> {
-        self.call(async {
-            let _: i64 = scripts::INVALIDATE
-                .key(&keys.value)
-                .key(&keys.lock)
-                .arg(self.layout.channel())
-                .arg(Notice::changed(self.origin, key, write_id))
-                .invoke_async(&mut ConnectionManager::clone(&self.conn))
-                .await?;
-            Ok(())
-        })
-        .await
+        let _: i64 = self
+            .script(
+                scripts::INVALIDATE
+                    .key(&keys.value)
+                    .key(&keys.lock)
+                    .arg(self.layout.channel())
+                    .arg(Notice::changed(self.origin, key, write_id)),
+            )
+            .await?;
+        Ok(())
     }
 }
 
