@@ -29,7 +29,9 @@
 //! Every mode does the same setup (all three caches are built and filled),
 //! and every loop runs inside one `block_on` of a `current_thread` runtime.
 //! The mode can also come from `L1_MODE`, and N from `L1_HITS` (default
-//! 100000). See `docs/BENCHMARKS.md`.
+//! 100000). `L2_TASKS=64` runs the L2 modes (the last four) as 64 concurrent
+//! tasks, task `t` on key `k<t>`, as the 64-task L2 bench does: the replies
+//! then come back in batches, as they do under load. See `docs/BENCHMARKS.md`.
 
 #[path = "../benches/common/mod.rs"]
 mod common;
@@ -47,6 +49,8 @@ const KEY: &str = "k";
 const TTL: Duration = Duration::from_secs(3600);
 /// Every Redis timeout, on every side: valgrind slows everything ~50x.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// Most concurrent tasks `L2_TASKS` may ask for (one key each).
+const MAX_TASKS: u64 = 64;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -69,10 +73,10 @@ fn usage() -> ! {
 /// The timed loops, each its own function so `callgrind_annotate` (or
 /// `--toggle-collect`) can single them out.
 #[inline(never)]
-async fn herdcache_hits(cache: &Cache<Item>, n: u64) {
+async fn herdcache_hits(cache: &Cache<Item>, key: &str, n: u64) {
     for _ in 0..n {
         let v = cache
-            .get_or_compute(black_box(KEY), || async { Ok::<_, std::io::Error>(item()) })
+            .get_or_compute(black_box(key), || async { Ok::<_, std::io::Error>(item()) })
             .await;
         black_box(v.is_ok());
     }
@@ -113,6 +117,34 @@ async fn raw_gets(conn: &mut impl redis::aio::ConnectionLike, key: &str, n: u64,
     }
 }
 
+/// The L2 modes with `tasks` concurrent tasks (`L2_TASKS`), task `t` on
+/// key `k<t>` (so herdcache cannot coalesce them), `n` reads in all.
+async fn l2_reads(
+    mode: Mode,
+    tasks: u64,
+    n: u64,
+    cache: &Cache<Item>,
+    conn: &redis::aio::MultiplexedConnection,
+    resp3: &redis::aio::MultiplexedConnection,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..tasks {
+        let per = n / tasks + u64::from(t < n % tasks);
+        let redis_key = format!("hc:{{l1-callgrind:k{t}}}:v");
+        let (cache, mut conn, mut resp3) = (cache.clone(), conn.clone(), resp3.clone());
+        set.spawn(async move {
+            match mode {
+                Mode::HerdcacheL2 => herdcache_hits(&cache, &format!("k{t}"), per).await,
+                Mode::RawGet => raw_gets(&mut conn, &redis_key, per, false).await,
+                Mode::RawGetResp3 => raw_gets(&mut resp3, &redis_key, per, false).await,
+                Mode::RawGetDecode => raw_gets(&mut conn, &redis_key, per, true).await,
+                _ => unreachable!("not an L2 mode"),
+            }
+        });
+    }
+    set.join_all().await;
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args
@@ -133,6 +165,10 @@ fn main() {
         .next()
         .or_else(|| std::env::var("L1_HITS").ok())
         .map_or(100_000, |s| s.parse().unwrap_or_else(|_| usage()));
+    let tasks: u64 = std::env::var("L2_TASKS")
+        .ok()
+        .map_or(1, |s| s.parse().unwrap_or_else(|_| usage()))
+        .clamp(1, MAX_TASKS);
 
     let server = support::RedisServer::start();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -148,6 +184,9 @@ fn main() {
             .await
             .expect("build cache");
         cache.set(KEY, item()).await.expect("set");
+        for t in 0..MAX_TASKS {
+            cache.set(&format!("k{t}"), item()).await.expect("set");
+        }
         let l2_cache: Cache<Item> = Cache::builder("l1-callgrind")
             .redis_url(server.url())
             .ttl(TTL)
@@ -157,7 +196,7 @@ fn main() {
             .await
             .expect("build L2-only cache");
         let client = redis::Client::open(server.url()).expect("client");
-        let mut conn = client
+        let conn = client
             .get_multiplexed_async_connection_with_config(
                 &redis::AsyncConnectionConfig::new().set_response_timeout(Some(TIMEOUT)),
             )
@@ -168,7 +207,7 @@ fn main() {
             .redis_settings()
             .clone()
             .set_protocol(redis::ProtocolVersion::RESP3);
-        let mut resp3 = redis::Client::open(info.set_redis_settings(settings))
+        let resp3 = redis::Client::open(info.set_redis_settings(settings))
             .expect("client")
             .get_multiplexed_async_connection_with_config(
                 &redis::AsyncConnectionConfig::new()
@@ -192,13 +231,10 @@ fn main() {
         let before = cache.stats().l1_hits;
         let l2_before = l2_cache.stats().l2_hits;
         match mode {
-            Mode::Herdcache => herdcache_hits(&cache, n).await,
+            Mode::Herdcache => herdcache_hits(&cache, KEY, n).await,
             Mode::MokaFuture => moka_future_hits(&future_cache, n).await,
             Mode::MokaSync => moka_sync_hits(&sync_cache, n),
-            Mode::HerdcacheL2 => herdcache_hits(&l2_cache, n).await,
-            Mode::RawGet => raw_gets(&mut conn, "hc:{l1-callgrind:k}:v", n, false).await,
-            Mode::RawGetResp3 => raw_gets(&mut resp3, "hc:{l1-callgrind:k}:v", n, false).await,
-            Mode::RawGetDecode => raw_gets(&mut conn, "hc:{l1-callgrind:k}:v", n, true).await,
+            _ => l2_reads(mode, tasks, n, &l2_cache, &conn, &resp3).await,
         }
         let l1_hits = cache.stats().l1_hits - before;
         let l2_hits = l2_cache.stats().l2_hits - l2_before;
@@ -208,7 +244,7 @@ fn main() {
             _ => {}
         }
         println!(
-            "mode={} n={n} l1_hits={l1_hits} l2_hits={l2_hits}",
+            "mode={} n={n} tasks={tasks} l1_hits={l1_hits} l2_hits={l2_hits}",
             mode_name(mode)
         );
     });
