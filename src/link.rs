@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::notify::Bus;
+use crate::scripts;
 
 /// How long the reconnect task waits between two failed attempts. Each
 /// attempt is itself bounded by `redis_timeout`; a Redis that is back is
@@ -93,7 +94,7 @@ impl Link {
 
     /// One attempt: a new connection whose pushes feed the bus, subscribed
     /// before any call can use it (so no notice sent after a call's write
-    /// can be missed), then made current.
+    /// can be missed), with every script loaded, then made current.
     async fn connect(&self) -> RedisResult<()> {
         let serial = self.next_serial.fetch_add(1, Relaxed);
         let to_bus = self.bus.sender();
@@ -111,6 +112,11 @@ impl Link {
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         conn.subscribe(&self.channel).await?;
+        let loads = scripts::all().map(|script| {
+            let mut conn = conn.clone();
+            async move { script.load_async(&mut conn).await }
+        });
+        futures_util::future::try_join_all(loads).await?;
         self.current.store(Some(Arc::new(Live { serial, conn })));
         Ok(())
     }

@@ -121,3 +121,19 @@ return g
 ",
     )
 });
+
+/// Every script, loaded with each new connection (a Redis that restarted has
+/// none): otherwise the first call of each script after a (re)start pays a
+/// `NOSCRIPT` reply and a `SCRIPT LOAD`, two extra round trips on the
+/// critical path of the first cold load.
+pub(crate) fn all() -> [&'static Script; 7] {
+    [
+        &GET_OR_LOCK,
+        &FILL,
+        &RELEASE,
+        &EXTEND,
+        &SET_VOIDING,
+        &INVALIDATE,
+        &CLEAR,
+    ]
+}

@@ -179,7 +179,8 @@ fn crashed_lock_holder_is_replaced_within_lock_ttl() {
         .query(&mut con)
         .unwrap();
     assert_eq!(started.len(), 2, "exactly one extra load after the crash");
-    let gap = started[1].saturating_sub(killed_at);
+    // `load_started` holds µs since the epoch.
+    let gap = (started[1] / 1000).saturating_sub(killed_at);
     println!("next load started {gap} ms after SIGKILL (lock_ttl {LOCK_TTL_MS} ms)");
     assert!(
         gap <= LOCK_TTL_MS + 250,

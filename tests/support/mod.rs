@@ -227,6 +227,9 @@ pub struct RunReport {
     /// pub/sub delivery), in µs, sorted; 0 for callers done before that.
     /// Empty if no fill notice was seen (herdcache off).
     pub after_fill_us: Vec<u64>,
+    /// How long the single load's loader ran (its `load_ended` less its
+    /// `load_started`, both µs), if exactly one load ran and recorded both.
+    pub loader_us: Option<u64>,
     pub stats: Vec<String>,
 }
 
@@ -331,9 +334,22 @@ pub fn run_stampede(
         Some(t) if !load_ended.is_empty() => since(t),
         _ => Vec::new(),
     };
+    let loader_us = match (
+        list(&mut con, "load_started").as_slice(),
+        load_ended.as_slice(),
+    ) {
+        ([started], [ended]) => Some(
+            ended
+                .parse::<u64>()
+                .unwrap()
+                .saturating_sub(started.parse().unwrap()),
+        ),
+        _ => None,
+    };
     RunReport {
         after_load_us,
         after_fill_us,
+        loader_us,
         loads: loads.unwrap_or(0),
         seen: list(&mut con, "seen")
             .iter()
