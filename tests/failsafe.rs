@@ -304,3 +304,72 @@ async fn redis_outage_fails_fast_serves_l1_and_recovers_by_itself() {
     println!("first successful Redis command {recovery:?} after restart");
     assert!(recovery < Duration::from_secs(1), "{recovery:?}");
 }
+
+/// A hung Redis (SIGSTOP: it accepts connections but answers nothing). Every
+/// call is bounded by `redis_timeout`: a plain read (bounded by the
+/// connection's response timeout alone), a script, and a miss that falls back
+/// to the loader; a key in L1 is served without waiting at all. Once Redis
+/// answers again, the cache uses it again by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn hung_redis_bounds_every_call_by_redis_timeout() {
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    let server = RedisServer::start();
+    let a = builder(&server)
+        .ttl(Duration::from_secs(60))
+        .redis_timeout(TIMEOUT)
+        .build()
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    a.get_or_compute("had", loader(&calls, Some(1), Duration::ZERO))
+        .await
+        .unwrap();
+    server.freeze();
+    let bound = TIMEOUT + Duration::from_millis(200);
+
+    let t0 = Instant::now();
+    let e = a.get("elsewhere").await.unwrap_err();
+    let took = t0.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Redis, "{e}");
+    assert!(
+        took >= TIMEOUT - Duration::from_millis(20) && took < bound,
+        "GET took {took:?}"
+    );
+
+    let t0 = Instant::now();
+    let v = a
+        .get_or_compute("had", loader(&calls, Some(9), Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(*v, Row(1));
+    assert!(
+        t0.elapsed() < Duration::from_millis(50),
+        "L1 hit took {:?}",
+        t0.elapsed()
+    );
+
+    let t0 = Instant::now();
+    let v = a
+        .get_or_compute("new", loader(&calls, Some(2), Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(*v, Row(2));
+    assert!(t0.elapsed() < bound, "miss took {:?}", t0.elapsed());
+
+    let t0 = Instant::now();
+    assert_eq!(
+        a.set("x", Row(3)).await.unwrap_err().kind(),
+        ErrorKind::Redis
+    );
+    assert!(t0.elapsed() < bound, "set took {:?}", t0.elapsed());
+
+    server.thaw();
+    let back = Instant::now();
+    while a.set("probe", Row(0)).await.is_err() {
+        assert!(back.elapsed() < Duration::from_secs(5), "never recovered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("first successful write {:?} after SIGCONT", back.elapsed());
+    assert!(back.elapsed() < Duration::from_secs(1));
+    assert_eq!(a.get("probe").await.unwrap().as_deref(), Some(&Row(0)));
+}

@@ -126,6 +126,25 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOPs the server: it keeps its sockets and accepts connections,
+    /// but answers nothing (a hung Redis). [`thaw`](Self::thaw) resumes it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("server running").to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
     /// Starts the server again on the same port (after [`kill`](Self::kill)).
     pub fn restart(&mut self) {
         self.kill();
