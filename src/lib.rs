@@ -26,6 +26,7 @@
 //! |---|---|---|---|
 //! | Redis down (refused, reset) | serves L1 (fresh, or stale inside the stale window); else runs the loader locally, once per process, and keeps its value in L1. The breaker then skips Redis for `breaker_cooldown` (250 ms) and probes it; no restart needed when it is back, and L1 is flushed once the connection returns (notices may have been lost) | L1 if fresh, else [`ErrorKind::Redis`] | [`ErrorKind::Redis`]; the key is dropped from this process's L1 |
 //! | Redis slow or hung | each call is bounded by `redis_timeout` (500 ms), then as "down" | as "down" | as "down" |
+//! | Redis gone without a reset (failover, NAT that forgot the flow) | as "slow"; after 3 timeouts in a row the connection is replaced, and Redis is used again once a new one works | as "down" | as "down" |
 //! | loader error | the stale value if there is one (fail-safe), kept fresh fleet-wide for `fail_safe_throttle`; else [`ErrorKind::Loader`], the same error for every coalesced caller; nothing cached; lock released | — | — |
 //! | loader slow | with a stale value: served at once (or after `soft_timeout`) while the load finishes in the background and fills; the loader is aborted at `load_timeout`, then stale or [`ErrorKind::LoadTimeout`] | — | — |
 //! | loader panic | as loader error, with [`ErrorKind::LoaderPanicked`]; lock released, key not stuck | — | — |

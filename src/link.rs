@@ -20,7 +20,7 @@
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, PushInfo, PushKind, RedisResult};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -33,6 +33,10 @@ use crate::scripts;
 /// used again within about this long.
 const RETRY_EVERY: Duration = Duration::from_millis(50);
 
+/// Timeouts in a row after which the connection is replaced (see
+/// `Link::check`).
+const GIVE_UP_AFTER: u32 = 3;
+
 pub(crate) struct Link {
     client: Client,
     /// Timeouts only; each connection adds its own push sender.
@@ -43,6 +47,8 @@ pub(crate) struct Link {
     next_serial: AtomicU64,
     /// Serials of connections found lost, for the reconnect task.
     lost: mpsc::UnboundedSender<u64>,
+    /// Calls timed out in a row (see `check`).
+    timeouts: AtomicU32,
 }
 
 struct Live {
@@ -84,6 +90,7 @@ impl Link {
             current: ArcSwapOption::empty(),
             next_serial: AtomicU64::new(0),
             lost,
+            timeouts: AtomicU32::new(0),
         });
         link.connect().await?;
         // The task holds the link weakly: it ends once the last cache handle
@@ -132,12 +139,31 @@ impl Link {
         }
     }
 
-    /// Reports `conn` lost if `result` says its connection was dropped.
+    /// Reports `conn` lost if `result` says its connection was dropped, or
+    /// after `GIVE_UP_AFTER` timeouts in a row. A connection whose peer
+    /// vanished without a reset (a failover, a NAT or firewall that forgot
+    /// the flow) never reports an error by itself: every call just times
+    /// out, for as long as TCP keeps retransmitting (~15 minutes on Linux).
+    /// A fresh connection either works or fails fast. Against a Redis that
+    /// is merely slow, a new connection costs one attempt per timeout.
     pub(crate) fn check<T>(&self, conn: &Conn, result: &RedisResult<T>) {
-        if let Err(e) = result
-            && e.is_connection_dropped()
-        {
-            let _ = self.lost.send(conn.serial);
+        match result {
+            Err(e) if e.is_connection_dropped() => {
+                let _ = self.lost.send(conn.serial);
+            }
+            Err(e) if e.is_timeout() => {
+                if self.timeouts.fetch_add(1, Relaxed) + 1 >= GIVE_UP_AFTER {
+                    self.timeouts.store(0, Relaxed);
+                    let _ = self.lost.send(conn.serial);
+                }
+            }
+            // Read first: a store on every call would bounce the cache line
+            // between the runtime's threads.
+            _ => {
+                if self.timeouts.load(Relaxed) != 0 {
+                    self.timeouts.store(0, Relaxed);
+                }
+            }
         }
     }
 

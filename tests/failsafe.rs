@@ -373,3 +373,122 @@ async fn hung_redis_bounds_every_call_by_redis_timeout() {
     assert!(back.elapsed() < Duration::from_secs(1));
     assert_eq!(a.get("probe").await.unwrap().as_deref(), Some(&Row(0)));
 }
+
+/// A TCP proxy on loopback in front of Redis, whose live connections can be
+/// made to vanish without a reset: they stay open and swallow every byte,
+/// as after a failover or a NAT that forgot the flow. Connections opened
+/// after that are forwarded normally (Redis is reachable again, as the new
+/// primary would be).
+struct VanishingProxy {
+    port: u16,
+    /// Connections opened before this epoch are blackholed.
+    epoch: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl VanishingProxy {
+    fn start(upstream: u16) -> Self {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let epoch = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (e, s) = (epoch.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+                let born = e.load(Ordering::SeqCst);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let (e, s) = (e.clone(), s.clone());
+                    std::thread::spawn(move || {
+                        from.set_read_timeout(Some(Duration::from_millis(20)))
+                            .unwrap();
+                        let mut buf = [0u8; 16 * 1024];
+                        while !s.load(Ordering::SeqCst) {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) => return,
+                                Ok(n) => n,
+                                Err(_) => continue, // read timeout: check the flags
+                            };
+                            // A vanished peer: bytes go nowhere, nothing is closed.
+                            if e.load(Ordering::SeqCst) == born && to.write_all(&buf[..n]).is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        VanishingProxy { port, epoch, stop }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Every connection open now goes silent for good.
+    fn vanish_open_connections(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for VanishingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// After a failover the old connection's peer is gone without a reset, so
+/// no error ever arrives on it: calls only time out. The cache replaces the
+/// connection after a few timeouts in a row, rather than waiting out TCP's
+/// own ~15 minutes, and uses Redis again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_whose_peer_vanished_is_replaced() {
+    let server = RedisServer::start();
+    let proxy = VanishingProxy::start(server.port());
+    let a = Cache::builder("vanish")
+        .redis_url(proxy.url())
+        .ttl(Duration::from_secs(60))
+        .redis_timeout(Duration::from_millis(200))
+        .breaker_cooldown(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    a.set("k", Row(1)).await.unwrap();
+    proxy.vanish_open_connections();
+    let t0 = Instant::now();
+    let mut failed = 0;
+    while a.set("k", Row(2)).await.is_err() {
+        failed += 1;
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "still no Redis after {failed} failed calls"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "a new connection worked {:?} after the old one vanished ({failed} failed calls)",
+        t0.elapsed()
+    );
+    // Writes and reads both go through the new connection, and other caches
+    // see the write.
+    assert_eq!(a.get("k").await.unwrap().as_deref(), Some(&Row(2)));
+    let b: Cache<Row> = Cache::builder("vanish")
+        .redis_url(server.url())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&Row(2)));
+}
