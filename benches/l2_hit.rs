@@ -145,29 +145,7 @@ fn l2_hit(c: &mut Criterion) {
             for t in 0..MAX_TASKS {
                 cache.set(&key(t), item()).await.expect("set");
             }
-            let client = redis::Client::open(server.url()).expect("client");
-            let conn = client
-                .get_multiplexed_async_connection_with_config(
-                    &redis::AsyncConnectionConfig::new().set_response_timeout(Some(TIMEOUT)),
-                )
-                .await
-                .expect("multiplexed connection");
-            // As herdcache sets up its own (src/link.rs), less the push
-            // channel, which a GET never touches.
-            let info = client.get_connection_info().clone();
-            let settings = info
-                .redis_settings()
-                .clone()
-                .set_protocol(redis::ProtocolVersion::RESP3);
-            let resp3 = redis::Client::open(info.set_redis_settings(settings)).expect("client");
-            let resp3 = resp3
-                .get_multiplexed_async_connection_with_config(
-                    &redis::AsyncConnectionConfig::new()
-                        .set_response_timeout(Some(TIMEOUT))
-                        .set_connection_timeout(Some(TIMEOUT)),
-                )
-                .await
-                .expect("RESP3 multiplexed connection");
+            let (conn, resp3) = common::raw_connections(&server.url(), TIMEOUT).await;
             (cache, conn, resp3)
         });
 

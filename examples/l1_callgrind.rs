@@ -195,27 +195,7 @@ fn main() {
             .build()
             .await
             .expect("build L2-only cache");
-        let client = redis::Client::open(server.url()).expect("client");
-        let conn = client
-            .get_multiplexed_async_connection_with_config(
-                &redis::AsyncConnectionConfig::new().set_response_timeout(Some(TIMEOUT)),
-            )
-            .await
-            .expect("multiplexed connection");
-        let info = client.get_connection_info().clone();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let resp3 = redis::Client::open(info.set_redis_settings(settings))
-            .expect("client")
-            .get_multiplexed_async_connection_with_config(
-                &redis::AsyncConnectionConfig::new()
-                    .set_response_timeout(Some(TIMEOUT))
-                    .set_connection_timeout(Some(TIMEOUT)),
-            )
-            .await
-            .expect("RESP3 multiplexed connection");
+        let (conn, resp3) = common::raw_connections(&server.url(), TIMEOUT).await;
         let future_cache = moka::future::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(TTL)
