@@ -20,9 +20,9 @@
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, PushInfo, PushKind, RedisResult};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::notify::Bus;
@@ -33,8 +33,8 @@ use crate::scripts;
 /// used again within about this long.
 const RETRY_EVERY: Duration = Duration::from_millis(50);
 
-/// Timeouts in a row after which the connection is replaced (see
-/// `Link::check`).
+/// Timeouts in a row (spanning at least twice `redis_timeout`) after which
+/// the connection is replaced (see `Link::check`).
 const GIVE_UP_AFTER: u32 = 3;
 
 pub(crate) struct Link {
@@ -47,8 +47,19 @@ pub(crate) struct Link {
     next_serial: AtomicU64,
     /// Serials of connections found lost, for the reconnect task.
     lost: mpsc::UnboundedSender<u64>,
-    /// Calls timed out in a row (see `check`).
-    timeouts: AtomicU32,
+    /// `redis_timeout`: a streak of timeouts must span twice this.
+    timeout: Duration,
+    /// The current connection's calls timing out with no success between
+    /// (see `check`), and a flag that lets a success skip the lock.
+    streak: Mutex<Streak>,
+    timing_out: AtomicBool,
+}
+
+#[derive(Default)]
+struct Streak {
+    serial: u64,
+    count: u32,
+    since: Option<Instant>,
 }
 
 struct Live {
@@ -90,7 +101,9 @@ impl Link {
             current: ArcSwapOption::empty(),
             next_serial: AtomicU64::new(0),
             lost,
-            timeouts: AtomicU32::new(0),
+            timeout,
+            streak: Mutex::default(),
+            timing_out: AtomicBool::new(false),
         });
         link.connect().await?;
         // The task holds the link weakly: it ends once the last cache handle
@@ -104,7 +117,7 @@ impl Link {
     /// can be missed), with every script loaded, then made current.
     async fn connect(&self) -> RedisResult<()> {
         let serial = self.next_serial.fetch_add(1, Relaxed);
-        let to_bus = self.bus.sender();
+        let to_bus = self.bus.sender(serial);
         let lost = self.lost.clone();
         let on_push = move |push: PushInfo| {
             if push.kind == PushKind::Disconnection {
@@ -118,6 +131,7 @@ impl Link {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
+        self.bus.accept(serial);
         conn.subscribe(&self.channel).await?;
         let loads = scripts::all().map(|script| {
             let mut conn = conn.clone();
@@ -140,31 +154,62 @@ impl Link {
     }
 
     /// Reports `conn` lost if `result` says its connection was dropped, or
-    /// after `GIVE_UP_AFTER` timeouts in a row. A connection whose peer
-    /// vanished without a reset (a failover, a NAT or firewall that forgot
-    /// the flow) never reports an error by itself: every call just times
-    /// out, for as long as TCP keeps retransmitting (~15 minutes on Linux).
-    /// A fresh connection either works or fails fast. Against a Redis that
-    /// is merely slow, a new connection costs one attempt per timeout.
+    /// after a streak of timeouts: at least `GIVE_UP_AFTER` of them with no
+    /// success between, spanning at least twice `redis_timeout` (so one
+    /// stall seen by many concurrent calls is not a streak). A connection
+    /// whose peer vanished without a reset (a failover, a NAT or firewall
+    /// that forgot the flow) never reports an error by itself: every call
+    /// just times out, for as long as TCP keeps retransmitting (~15 minutes
+    /// on Linux). A fresh connection either works or fails fast. Against a
+    /// Redis that is merely slow for that long, it costs one reconnect.
     pub(crate) fn check<T>(&self, conn: &Conn, result: &RedisResult<T>) {
         match result {
             Err(e) if e.is_connection_dropped() => {
                 let _ = self.lost.send(conn.serial);
             }
             Err(e) if e.is_timeout() => {
-                if self.timeouts.fetch_add(1, Relaxed) + 1 >= GIVE_UP_AFTER {
-                    self.timeouts.store(0, Relaxed);
+                // Calls still running on a retired connection do not count.
+                if !self.is_current(conn.serial) {
+                    return;
+                }
+                let mut streak = self.streak.lock().expect("streak lock");
+                if streak.serial != conn.serial || streak.count == 0 {
+                    *streak = Streak {
+                        serial: conn.serial,
+                        count: 0,
+                        since: Some(Instant::now()),
+                    };
+                }
+                streak.count += 1;
+                self.timing_out.store(true, Relaxed);
+                if streak.count >= GIVE_UP_AFTER
+                    && streak
+                        .since
+                        .is_some_and(|t| t.elapsed() >= 2 * self.timeout)
+                {
+                    *streak = Streak::default();
                     let _ = self.lost.send(conn.serial);
                 }
             }
-            // Read first: a store on every call would bounce the cache line
-            // between the runtime's threads.
+            // Read the flag first: taking the lock on every call would
+            // bounce its cache line between the runtime's threads.
             _ => {
-                if self.timeouts.load(Relaxed) != 0 {
-                    self.timeouts.store(0, Relaxed);
+                if self.timing_out.load(Relaxed) {
+                    let mut streak = self.streak.lock().expect("streak lock");
+                    if streak.serial == conn.serial {
+                        streak.count = 0;
+                    }
+                    self.timing_out.store(false, Relaxed);
                 }
             }
         }
+    }
+
+    fn is_current(&self, serial: u64) -> bool {
+        self.current
+            .load()
+            .as_ref()
+            .is_some_and(|live| live.serial == serial)
     }
 
     /// One command on the current connection.
@@ -175,11 +220,13 @@ impl Link {
         result
     }
 
-    /// Drops the connection `serial` if it is still the current one.
+    /// Drops the connection `serial` if it is still the current one, and
+    /// stops taking its notices (calls still running may keep it open for
+    /// up to `redis_timeout`).
     fn retire(&self, serial: u64) -> bool {
-        let current = self.current.load();
-        if current.as_ref().is_some_and(|live| live.serial == serial) {
+        if self.is_current(serial) {
             self.current.store(None);
+            self.bus.retire(serial);
             true
         } else {
             false

@@ -6,9 +6,9 @@
 //! it (`link.rs`). A waiter therefore never issues SUBSCRIBE: it registers a local
 //! [`Watch`] *before* re-reading Redis, so a notice that lands between its
 //! read and its wait still wakes it (no lost wake-up). Pub/sub drops what is
-//! published while a connection is down, so on the library's `Disconnection`
-//! push every waiter is woken to re-check, and once a new connection is up
-//! and subscribed all of L1 is flushed: what
+//! published while a connection is down, so when a connection is lost every
+//! waiter is woken to re-check, and once a new connection is up and
+//! subscribed all of L1 is flushed: what
 //! was invalidated meanwhile is gone, and what was not is re-read once. L1 is
 //! *not* flushed at the disconnect itself: while Redis is unreachable, L1 is
 //! what keeps serving (fail-safe), and nobody can change Redis through us.
@@ -238,13 +238,13 @@ impl Drop for Watch {
 /// and the L1 insert happen under one lock that registering also takes, so
 /// a write registered after the check finds the value in L1 and removes it.
 ///
-/// A write's notice can be lost with its connection. At a `Disconnection`
-/// push, every notice sent before it on the old connection has been
-/// applied, so the writes that have returned by then are forgotten; writes
-/// still under way keep waiting for their notice (sent on the new
-/// connection). A write that never reaches Redis without a disconnection
-/// keeps its key out of the shortcut until the next one: a lost shortcut,
-/// never a stale value.
+/// A write's notice can be lost with its connection. When a connection is
+/// retired (lost, or given up after timeouts: [`Bus::retire`]), every notice
+/// it delivered has been applied and it delivers no more, so the writes
+/// that have returned by then are forgotten; writes still under way keep
+/// waiting for their notice (sent on the new connection). A write that never
+/// reaches Redis without a lost connection keeps its key out of the shortcut
+/// until the next one: a lost shortcut, never a stale value.
 pub(crate) struct Bus {
     waiters: Arc<Waiters>,
     origin: u64,
@@ -257,6 +257,11 @@ pub(crate) struct Bus {
 /// Our writes whose own notice has not come back yet.
 #[derive(Default)]
 struct Pending {
+    /// The serial of the connection whose pushes are applied (`link.rs`):
+    /// a connection retired while calls still hold it stays subscribed for
+    /// a moment, and its notices, unordered against the new connection's,
+    /// must not reach L1 or settle our writes.
+    accepted: Option<u64>,
     writes: HashMap<u64, PendingWrite>,
     by_key: HashMap<Box<str>, u32>,
     clears: u32,
@@ -271,6 +276,19 @@ struct PendingWrite {
 }
 
 impl Pending {
+    /// At a retired connection: see [`Bus::retire`].
+    fn forget_returned_writes(&mut self) {
+        let returned: Vec<u64> = self
+            .writes
+            .iter()
+            .filter(|(_, w)| w.returned)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in returned {
+            self.remove(id);
+        }
+    }
+
     fn blocks(&self, key: &str) -> bool {
         self.clears > 0 || self.by_key.contains_key(key)
     }
@@ -360,15 +378,37 @@ impl Bus {
         let _ = self.on_event.set(on_event);
     }
 
-    /// What a connection does with each push (`link.rs` wraps it). Runs in
-    /// the connection's own task, in the order the pushes and replies
-    /// arrive: must not block.
-    pub(crate) fn sender(self: &Arc<Self>) -> impl Fn(PushInfo) + Send + Sync + 'static {
+    /// What connection `serial` does with each push (`link.rs` wraps it).
+    /// Runs in the connection's own task, in the order the pushes and
+    /// replies arrive: must not block.
+    pub(crate) fn sender(
+        self: &Arc<Self>,
+        serial: u64,
+    ) -> impl Fn(PushInfo) + Send + Sync + 'static {
         let bus = self.clone();
-        move |push: PushInfo| match push.kind {
-            PushKind::Message => bus.apply(&push),
-            PushKind::Disconnection => bus.forget_returned_writes(),
-            _ => {}
+        move |push: PushInfo| {
+            if push.kind == PushKind::Message {
+                bus.apply(&push, serial);
+            }
+        }
+    }
+
+    /// From now on, notices are taken from connection `serial` only. Called
+    /// before it subscribes.
+    pub(crate) fn accept(&self, serial: u64) {
+        self.pending().accepted = Some(serial);
+    }
+
+    /// Connection `serial` is gone (or was given up): its notices are no
+    /// longer taken, and the writes that have returned by now are
+    /// forgotten. Every notice it delivered has been applied; whatever it
+    /// did not deliver never will be, and the new connection subscribes
+    /// only after this, so it cannot bring older notices either.
+    pub(crate) fn retire(&self, serial: u64) {
+        let mut pending = self.pending();
+        if pending.accepted == Some(serial) {
+            pending.accepted = None;
+            pending.forget_returned_writes();
         }
     }
 
@@ -376,7 +416,7 @@ impl Bus {
     /// task. L1 is updated *before* waiters are woken, so a woken waiter
     /// finds the new value there, and its own L1 insert is never undone by
     /// the notice that woke it.
-    fn apply(&self, push: &PushInfo) {
+    fn apply(&self, push: &PushInfo, serial: u64) {
         let Some(Value::BulkString(payload)) = push.data.get(1) else {
             return;
         };
@@ -385,13 +425,16 @@ impl Bus {
         };
         if notice.origin == self.origin {
             if let Some(id) = notice.write_id() {
-                self.pending().remove(id);
+                let mut pending = self.pending();
+                if pending.accepted == Some(serial) {
+                    pending.remove(id);
+                }
             }
         } else if let Some(on_event) = self.on_event.get() {
             match notice.kind {
                 NoticeKind::Filled => {
                     let pending = self.pending();
-                    if !pending.blocks(notice.key) {
+                    if pending.accepted == Some(serial) && !pending.blocks(notice.key) {
                         on_event(BusEvent::Filled {
                             key: notice.key,
                             envelope: notice.envelope,
@@ -411,20 +454,6 @@ impl Bus {
             NoticeKind::Filled | NoticeKind::Released => self.waiters.wake(notice.key),
             NoticeKind::Cleared => self.waiters.wake_all(),
             NoticeKind::Changed => {}
-        }
-    }
-
-    /// At a disconnection: see the type's docs.
-    fn forget_returned_writes(&self) {
-        let mut pending = self.pending();
-        let returned: Vec<u64> = pending
-            .writes
-            .iter()
-            .filter(|(_, w)| w.returned)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in returned {
-            pending.remove(id);
         }
     }
 }
@@ -455,17 +484,56 @@ mod tests {
         bus.pending().remove(w.id); // its notice came back
         assert!(!bus.pending().blocks("k"));
         drop(w);
-        // A clear holds back every key. At a disconnect, a write that has
-        // returned is forgotten; one still under way is not.
+        // A clear holds back every key. When the connection is retired, a
+        // write that has returned is forgotten; one still under way is not.
+        // Retiring a connection that is not the accepted one changes nothing.
+        bus.accept(1);
         let clear = bus.own_write(None);
         let under_way = bus.own_write(Some("x"));
         assert!(bus.pending().blocks("k"));
         drop(clear);
-        bus.forget_returned_writes();
+        bus.retire(0);
+        assert!(bus.pending().blocks("k"));
+        bus.retire(1);
         assert!(!bus.pending().blocks("k") && bus.pending().blocks("x"));
+        bus.accept(2);
         drop(under_way);
-        bus.forget_returned_writes();
+        bus.retire(2);
         assert!(!bus.pending().blocks("x"));
+    }
+
+    fn message(payload: Vec<u8>) -> PushInfo {
+        PushInfo {
+            kind: PushKind::Message,
+            data: vec![
+                Value::BulkString(b"hc:bus:ns".to_vec()),
+                Value::BulkString(payload),
+            ],
+        }
+    }
+
+    #[test]
+    fn only_the_accepted_connection_feeds_l1_and_settles_writes() {
+        let bus = Bus::new(Arc::new(Waiters::default()), 7);
+        let filled = Arc::new(Mutex::new(Vec::new()));
+        let seen = filled.clone();
+        bus.attach(Box::new(move |event| {
+            if let BusEvent::Filled { key, .. } = event {
+                seen.lock().unwrap().push(key.to_owned());
+            }
+        }));
+        let fill = |key| message(Notice::encode(NoticeKind::Filled, 9, key, b"env"));
+        bus.accept(1);
+        // Connection 0 was retired but is still open: its notices are
+        // not ordered against connection 1's, so they are not taken.
+        bus.apply(&fill("a"), 0);
+        bus.apply(&fill("b"), 1);
+        assert_eq!(*filled.lock().unwrap(), ["b"]);
+        let w = bus.own_write(Some("k"));
+        bus.apply(&message(Notice::changed(7, "k", w.id)), 0);
+        assert!(bus.pending().blocks("k"), "settled by a retired connection");
+        bus.apply(&message(Notice::changed(7, "k", w.id)), 1);
+        assert!(!bus.pending().blocks("k"));
     }
 
     #[test]

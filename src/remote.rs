@@ -101,14 +101,16 @@ impl Remote {
         self.call(self.link.query(cmd)).await
     }
 
-    /// One script, bounded by `redis_timeout` as a whole.
+    /// One script, bounded by `redis_timeout` as a whole. The connection is
+    /// checked on the bounded result: when our bound fires first (on a
+    /// second or third round trip), the call's own timeout never does.
     async fn script<T: FromRedisValue>(&self, script: &ScriptInvocation<'_>) -> RedisResult<T> {
-        self.call(bounded(self.timeout, async {
+        self.call(async {
             let mut conn = self.link.get()?;
-            let result = script.invoke_async(&mut conn.conn).await;
+            let result = bounded(self.timeout, script.invoke_async(&mut conn.conn)).await;
             self.link.check(&conn, &result);
             result
-        }))
+        })
         .await
     }
 
@@ -197,24 +199,28 @@ impl Remote {
         token: &str,
         lock_ttl: Duration,
     ) -> RedisResult<Option<Duration>> {
-        self.call(bounded(self.timeout, async {
-            let set: Option<String> = self
-                .link
-                .query(
-                    redis::cmd("SET")
-                        .arg(&keys.lock)
-                        .arg(token)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ms(lock_ttl)),
-                )
-                .await?;
-            if set.is_some() {
-                return Ok(None);
-            }
-            let pttl: i64 = self.link.query(redis::cmd("PTTL").arg(&keys.lock)).await?;
-            Ok(Some(Duration::from_millis(pttl.max(0) as u64)))
-        }))
+        self.call(async {
+            let mut conn = self.link.get()?;
+            let c = &mut conn.conn;
+            let result = bounded(self.timeout, async {
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(&keys.lock)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms(lock_ttl))
+                    .query_async(c)
+                    .await?;
+                if set.is_some() {
+                    return Ok(None);
+                }
+                let pttl: i64 = redis::cmd("PTTL").arg(&keys.lock).query_async(c).await?;
+                Ok(Some(Duration::from_millis(pttl.max(0) as u64)))
+            })
+            .await;
+            self.link.check(&conn, &result);
+            result
+        })
         .await
     }
 
