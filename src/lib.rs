@@ -9,7 +9,7 @@
 //! | `load.rs` | the rebuild protocol of a flight: lock, wait, load, fill, fail-safe |
 //! | `local.rs` | the moka tier (L1), the per-process table of loads in flight, and the lanes that let an L2 hit skip that table |
 //! | `remote.rs` | the Redis tier: one method per round trip, each bounded by `redis_timeout` |
-//! | `link.rs` | the Redis connection: one multiplexed RESP3 connection, never waited for; one task replaces it when lost and resubscribes |
+//! | `link.rs` | the Redis connection: one multiplexed RESP3 connection, never waited for; one task pings it, replaces it when lost or silent, and resubscribes |
 //! | `breaker.rs` | circuit breaker: skip a Redis that is down, probe it, recover |
 //! | `scripts.rs` | every Lua script, with why each is atomic |
 //! | `lock.rs` | rebuild-lock tokens; running the loader under the watchdog |
@@ -26,7 +26,7 @@
 //! |---|---|---|---|
 //! | Redis down (refused, reset) | serves L1 (fresh, or stale inside the stale window); else runs the loader locally, once per process, and keeps its value in L1. The breaker then skips Redis for `breaker_cooldown` (250 ms) and probes it; no restart needed when it is back, and L1 is flushed once the connection returns (notices may have been lost) | L1 if fresh, else [`ErrorKind::Redis`] | [`ErrorKind::Redis`]; the key is dropped from this process's L1 |
 //! | Redis slow or hung | each call is bounded by `redis_timeout` (500 ms), then as "down" | as "down" | as "down" |
-//! | Redis gone without a reset (failover, NAT that forgot the flow) | as "slow"; after 3 timeouts in a row the connection is replaced, and Redis is used again once a new one works | as "down" | as "down" |
+//! | Redis gone without a reset (failover, NAT that forgot the flow) | as "slow"; after a streak of timeouts (3, over at least 2x `redis_timeout`; a `PING` every second finds it in a process that serves only from L1) the connection is replaced, L1 is flushed, and Redis is used again | as "down" | as "down" |
 //! | loader error | the stale value if there is one (fail-safe), kept fresh fleet-wide for `fail_safe_throttle`; else [`ErrorKind::Loader`], the same error for every coalesced caller; nothing cached; lock released | — | — |
 //! | loader slow | with a stale value: served at once (or after `soft_timeout`) while the load finishes in the background and fills; the loader is aborted at `load_timeout`, then stale or [`ErrorKind::LoadTimeout`] | — | — |
 //! | loader panic | as loader error, with [`ErrorKind::LoaderPanicked`]; lock released, key not stuck | — | — |

@@ -33,6 +33,9 @@ use crate::scripts;
 /// used again within about this long.
 const RETRY_EVERY: Duration = Duration::from_millis(50);
 
+/// How often the reconnect task checks an idle connection with a `PING`.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// Timeouts in a row (spanning at least twice `redis_timeout`) after which
 /// the connection is replaced (see `Link::check`).
 const GIVE_UP_AFTER: u32 = 3;
@@ -238,8 +241,27 @@ impl Link {
 /// loss (notices may be lost with the connection), retries every
 /// `RETRY_EVERY` until a connection and its subscription are up, then
 /// reports `Reconnected` so L1 is flushed of what may have changed meanwhile.
+///
+/// Between losses it sends a `PING` every `HEARTBEAT`. A process that
+/// serves everything from L1 sends no commands, so without it a connection
+/// whose peer vanished without a reset would go unnoticed, and with it every
+/// change notice, until the L1 copies expire. The `PING`s go through
+/// `Link::check` like any call: a streak of timeouts replaces the connection.
 async fn reconnect_task(link: Weak<Link>, mut lost: mpsc::UnboundedReceiver<u64>, bus: Arc<Bus>) {
-    while let Some(serial) = lost.recv().await {
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let serial = tokio::select! {
+            serial = lost.recv() => match serial {
+                Some(serial) => serial,
+                None => return,
+            },
+            _ = heartbeat.tick() => {
+                let Some(l) = link.upgrade() else { return };
+                let _: RedisResult<String> = l.query(&redis::cmd("PING")).await;
+                continue;
+            }
+        };
         match link.upgrade() {
             Some(l) if l.retire(serial) => {}
             Some(_) => continue,

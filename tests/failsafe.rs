@@ -492,3 +492,58 @@ async fn a_connection_whose_peer_vanished_is_replaced() {
         .unwrap();
     assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&Row(2)));
 }
+
+/// The same vanished peer, seen by a process that serves everything from
+/// L1 and so sends no commands of its own. Its connection's heartbeat finds
+/// the streak of timeouts, the connection is replaced, and L1 is flushed of
+/// what changed meanwhile (the change notice went down with the old
+/// connection). Without the heartbeat the old value would be served until
+/// its TTL (60 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_process_notices_a_vanished_connection() {
+    let server = RedisServer::start();
+    let proxy = VanishingProxy::start(server.port());
+    let a: Cache<Row> = Cache::builder("idle")
+        .redis_url(proxy.url())
+        .ttl(Duration::from_secs(60))
+        .redis_timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let b: Cache<Row> = Cache::builder("idle")
+        .redis_url(server.url())
+        .build()
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    a.get_or_compute("k", loader(&calls, Some(1), Duration::ZERO))
+        .await
+        .unwrap();
+    proxy.vanish_open_connections();
+    b.set("k", Row(2)).await.unwrap();
+    let t0 = Instant::now();
+    loop {
+        let v = a
+            .get_or_compute("k", loader(&calls, Some(9), Duration::ZERO))
+            .await
+            .unwrap();
+        if *v == Row(2) {
+            break;
+        }
+        assert_eq!(*v, Row(1));
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "the old value is still served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "the idle process saw the change {:?} after its connection vanished",
+        t0.elapsed()
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "read from Redis, not loaded"
+    );
+}
