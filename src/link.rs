@@ -199,10 +199,12 @@ impl Link {
             _ => {
                 if self.timing_out.load(Relaxed) {
                     let mut streak = self.streak.lock().expect("streak lock");
-                    if streak.serial == conn.serial {
+                    // A late success on a retired connection says nothing
+                    // about the current one, whose streak stays armed.
+                    if streak.serial == conn.serial || !self.is_current(streak.serial) {
                         streak.count = 0;
+                        self.timing_out.store(false, Relaxed);
                     }
-                    self.timing_out.store(false, Relaxed);
                 }
             }
         }
@@ -257,8 +259,17 @@ async fn reconnect_task(link: Weak<Link>, mut lost: mpsc::UnboundedReceiver<u64>
                 None => return,
             },
             _ = heartbeat.tick() => {
-                let Some(l) = link.upgrade() else { return };
-                let _: RedisResult<String> = l.query(&redis::cmd("PING")).await;
+                if link.strong_count() == 0 {
+                    return;
+                }
+                // In a task of its own, so that a PING waiting out its
+                // timeout does not hold up the handling of a loss.
+                let link = link.clone();
+                tokio::spawn(async move {
+                    if let Some(l) = link.upgrade() {
+                        let _: RedisResult<String> = l.query(&redis::cmd("PING")).await;
+                    }
+                });
                 continue;
             }
         };

@@ -394,9 +394,13 @@ impl Bus {
     }
 
     /// From now on, notices are taken from connection `serial` only. Called
-    /// before it subscribes.
+    /// before it subscribes, so the writes that have returned by now can
+    /// get no notice on it (theirs were published before it subscribed, and
+    /// older connections' notices are no longer taken): they are forgotten.
     pub(crate) fn accept(&self, serial: u64) {
-        self.pending().accepted = Some(serial);
+        let mut pending = self.pending();
+        pending.accepted = Some(serial);
+        pending.forget_returned_writes();
     }
 
     /// Connection `serial` is gone (or was given up): its notices are no
@@ -500,6 +504,13 @@ mod tests {
         drop(under_way);
         bus.retire(2);
         assert!(!bus.pending().blocks("x"));
+        // A write that returned while connection 3 was current, whose notice
+        // that connection never delivered (it was given up), is forgotten
+        // when connection 4 is accepted.
+        bus.accept(3);
+        drop(bus.own_write(Some("y")));
+        bus.accept(4);
+        assert!(!bus.pending().blocks("y"));
     }
 
     fn message(payload: Vec<u8>) -> PushInfo {
