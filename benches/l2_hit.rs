@@ -350,16 +350,9 @@ fn paired(
     );
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::criterion_config(30);
     targets = l2_hit
 }
 criterion_main!(benches);

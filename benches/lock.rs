@@ -183,16 +183,9 @@ fn lock(c: &mut Criterion) {
     println!("lock: herdcache did {} cold loads", s.loads);
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::criterion_config(30);
     targets = lock
 }
 criterion_main!(benches);

@@ -6,8 +6,8 @@
 //! an L2 hit, `MGET`) is bounded by the connection's own response timeout
 //! and needs no timer of ours (the connection never makes a call wait for a
 //! reconnect: `link.rs`). A script can take three round trips (`EVALSHA`,
-//! then `SCRIPT LOAD` and `EVALSHA` again after a Redis restart), and
-//! `try_lock` takes two, so those are bounded as a whole by [`bounded`].
+//! then `SCRIPT LOAD` and `EVALSHA` again after a Redis restart), so it is
+//! bounded as a whole by [`bounded`].
 
 use redis::{Cmd, FromRedisValue, RedisResult, ScriptInvocation, Value};
 use std::future::Future;
@@ -199,29 +199,15 @@ impl Remote {
         token: &str,
         lock_ttl: Duration,
     ) -> RedisResult<Option<Duration>> {
-        self.call(async {
-            let mut conn = self.link.get()?;
-            let c = &mut conn.conn;
-            let result = bounded(self.timeout, async {
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(&keys.lock)
+        let pttl: i64 = self
+            .script(
+                scripts::TRY_LOCK
+                    .key(&keys.lock)
                     .arg(token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ms(lock_ttl))
-                    .query_async(c)
-                    .await?;
-                if set.is_some() {
-                    return Ok(None);
-                }
-                let pttl: i64 = redis::cmd("PTTL").arg(&keys.lock).query_async(c).await?;
-                Ok(Some(Duration::from_millis(pttl.max(0) as u64)))
-            })
-            .await;
-            self.link.check(&conn, &result);
-            result
-        })
-        .await
+                    .arg(ms(lock_ttl)),
+            )
+            .await?;
+        Ok((pttl >= 0).then(|| Duration::from_millis(pttl as u64)))
     }
 
     pub(crate) async fn extend(

@@ -37,6 +37,19 @@ return {'w', redis.call('PTTL', KEYS[2])}
     )
 });
 
+/// Takes the lock when the value is there but unusable (undecodable): the
+/// read-or-lock probe would return the bytes instead of locking.
+/// KEYS: lock. ARGV: token, lock ttl ms.
+/// Returns -1 if acquired, else the holder's remaining ms (>= 0).
+pub(crate) static TRY_LOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -1 end
+return math.max(redis.call('PTTL', KEYS[1]), 0)
+",
+    )
+});
+
 /// The lease-checked fill: writes the value only if our token still holds the
 /// lock, then releases the lock and publishes the fill notice, all at once,
 /// so waiters are woken by the same step that makes the value visible.
@@ -126,9 +139,10 @@ return g
 /// none): otherwise the first call of each script after a (re)start pays a
 /// `NOSCRIPT` reply and a `SCRIPT LOAD`, two extra round trips on the
 /// critical path of the first cold load.
-pub(crate) fn all() -> [&'static Script; 7] {
+pub(crate) fn all() -> [&'static Script; 8] {
     [
         &GET_OR_LOCK,
+        &TRY_LOCK,
         &FILL,
         &RELEASE,
         &EXTEND,

@@ -444,6 +444,23 @@ impl VanishingProxy {
     }
 }
 
+/// A cache whose connection goes through `proxy`, quick to time out.
+fn through(proxy: &VanishingProxy, namespace: &str) -> herdcache::CacheBuilder<Row> {
+    Cache::builder(namespace)
+        .redis_url(proxy.url())
+        .ttl(Duration::from_secs(60))
+        .redis_timeout(Duration::from_millis(200))
+}
+
+/// A cache of the same namespace straight to Redis: another process.
+async fn direct(server: &RedisServer, namespace: &str) -> Cache<Row> {
+    Cache::builder(namespace)
+        .redis_url(server.url())
+        .build()
+        .await
+        .unwrap()
+}
+
 impl Drop for VanishingProxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -458,10 +475,7 @@ impl Drop for VanishingProxy {
 async fn a_connection_whose_peer_vanished_is_replaced() {
     let server = RedisServer::start();
     let proxy = VanishingProxy::start(server.port());
-    let a = Cache::builder("vanish")
-        .redis_url(proxy.url())
-        .ttl(Duration::from_secs(60))
-        .redis_timeout(Duration::from_millis(200))
+    let a = through(&proxy, "vanish")
         .breaker_cooldown(Duration::from_millis(100))
         .build()
         .await
@@ -485,11 +499,7 @@ async fn a_connection_whose_peer_vanished_is_replaced() {
     // Writes and reads both go through the new connection, and other caches
     // see the write.
     assert_eq!(a.get("k").await.unwrap().as_deref(), Some(&Row(2)));
-    let b: Cache<Row> = Cache::builder("vanish")
-        .redis_url(server.url())
-        .build()
-        .await
-        .unwrap();
+    let b = direct(&server, "vanish").await;
     assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&Row(2)));
 }
 
@@ -503,18 +513,8 @@ async fn a_connection_whose_peer_vanished_is_replaced() {
 async fn an_idle_process_notices_a_vanished_connection() {
     let server = RedisServer::start();
     let proxy = VanishingProxy::start(server.port());
-    let a: Cache<Row> = Cache::builder("idle")
-        .redis_url(proxy.url())
-        .ttl(Duration::from_secs(60))
-        .redis_timeout(Duration::from_millis(200))
-        .build()
-        .await
-        .unwrap();
-    let b: Cache<Row> = Cache::builder("idle")
-        .redis_url(server.url())
-        .build()
-        .await
-        .unwrap();
+    let a = through(&proxy, "idle").build().await.unwrap();
+    let b = direct(&server, "idle").await;
     let calls = Arc::new(AtomicUsize::new(0));
     a.get_or_compute("k", loader(&calls, Some(1), Duration::ZERO))
         .await

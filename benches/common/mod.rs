@@ -1,5 +1,5 @@
 //! The value every benchmark caches, so all figures compare like with like,
-//! and the raw connections the Redis baselines use.
+//! the raw connections the Redis baselines use, and criterion's settings.
 #![allow(dead_code, unreachable_pub)]
 
 use serde::{Deserialize, Serialize};
@@ -50,4 +50,13 @@ pub async fn raw_connections(
         .await
         .expect("RESP3 multiplexed connection");
     (resp2, resp3)
+}
+
+/// Every bench's criterion settings: 1 s of warm-up, 3 s of measurement,
+/// `samples` samples (more for the ~200 ns L1 hit).
+pub fn criterion_config(samples: usize) -> criterion::Criterion {
+    criterion::Criterion::default()
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3))
+        .sample_size(samples)
 }
