@@ -13,6 +13,7 @@ use crate::link::Link;
 use crate::local::{Flights, Local};
 use crate::notify::{Bus, Waiters};
 use crate::remote::Remote;
+use crate::starter::Starter;
 use crate::stats::Counters;
 
 /// The settings a built cache runs with.
@@ -364,6 +365,7 @@ where
             config: self.config,
             codec: self.codec,
             ttl_for: self.ttl_for,
+            starter: Starter::spawn(),
         });
         // The bus holds the cache weakly: the cache owns the connection
         // whose pushes feed the bus, so a strong reference would be a

@@ -25,6 +25,7 @@ use crate::load::LoadFn;
 use crate::local::{Flight, Flights, Local, Outcome, Ticket};
 use crate::notify::{Bus, BusEvent, Waiters};
 use crate::remote::Remote;
+use crate::starter::Starter;
 use crate::stats::{Counters, Stats};
 
 /// A two-tier cache of `V` values under one namespace.
@@ -53,6 +54,8 @@ pub(crate) struct Inner<V, C> {
     pub(crate) config: Config,
     pub(crate) codec: C,
     pub(crate) ttl_for: Option<TtlFor<V>>,
+    /// Spawns the refreshes that callers serving a value meanwhile start.
+    pub(crate) starter: Starter,
 }
 
 impl<V> Cache<V, DefaultCodec> {
@@ -518,6 +521,12 @@ where
 
     /// Spawns the load task of `flight`. `early` marks an XFetch refresh of
     /// a value that is still fresh, with that value's fresh-until.
+    ///
+    /// A flight started with a value to serve meanwhile (`stale`: a stale
+    /// value, or the current one of an early refresh) has a caller that is
+    /// about to return that value without waiting, so its task is spawned
+    /// by the starter, off that caller's path (see `starter.rs`). A caller
+    /// with nothing to serve waits for the flight anyway: spawned here.
     pub(crate) fn spawn_flight<L: LoadFn<V>>(
         self: Arc<Self>,
         key: &str,
@@ -527,6 +536,7 @@ where
         redis_failed: bool,
         early: Option<u64>,
     ) {
+        let background = stale.is_some().then(|| self.clone());
         // Settles the flight however the task ends: with its outcome, by
         // unwinding on a bug of ours, or dropped unpolled (a runtime
         // shutting down), so that no waiter is left hanging.
@@ -535,19 +545,23 @@ where
             key: key.into(),
             flight,
         };
-        tokio::spawn(async move {
+        // The protocol's futures are boxed so that what is queued for the
+        // starter is small (the guard and the arguments, not the whole
+        // state machine).
+        let task = async move {
             let (inner, key, flight) = (&guard.inner, &guard.key, &guard.flight);
             let outcome = if let Some(fresh_until_ms) = early {
-                inner
-                    .run_early_refresh(key, loader, flight, stale, fresh_until_ms)
-                    .await
+                Box::pin(inner.run_early_refresh(key, loader, flight, stale, fresh_until_ms)).await
             } else {
-                inner
-                    .run_flight(key, loader, flight, stale, redis_failed)
-                    .await
+                Box::pin(inner.run_flight(key, loader, flight, stale, redis_failed)).await
             };
             guard.finish(outcome);
-        });
+        };
+        if let Some(inner) = background {
+            inner.starter.start(task);
+        } else {
+            tokio::spawn(task);
+        }
     }
 
     /// What a caller holding a stale value returns: the stale value at once

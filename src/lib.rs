@@ -10,6 +10,7 @@
 //! | `local.rs` | the moka tier (L1), the per-process table of loads in flight, and the lanes that let an L2 hit skip that table |
 //! | `remote.rs` | the Redis tier: one method per round trip, each bounded by `redis_timeout` |
 //! | `link.rs` | the Redis connection: one multiplexed RESP3 connection, never waited for; one task pings it, replaces it when lost or silent, and resubscribes |
+//! | `starter.rs` | one task per cache that spawns the refreshes callers start, so a caller serving a stale value returns without paying for a spawn |
 //! | `breaker.rs` | circuit breaker: skip a Redis that is down, probe it, recover |
 //! | `scripts.rs` | every Lua script, with why each is atomic |
 //! | `lock.rs` | rebuild-lock tokens; running the loader under the watchdog |
@@ -55,6 +56,7 @@ mod lock;
 mod notify;
 mod remote;
 mod scripts;
+mod starter;
 mod stats;
 
 pub use builder::CacheBuilder;
