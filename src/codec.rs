@@ -8,6 +8,9 @@
 
 use serde::{Serialize, de::DeserializeOwned};
 
+#[cfg(feature = "bincode")]
+use crate::borrow_de::BorrowingSeed;
+
 /// A boxed error from a codec.
 pub type CodecError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -44,7 +47,10 @@ impl Codec for Bincode {
 
     fn decode<V: DeserializeOwned>(&self, bytes: &[u8]) -> Result<V, CodecError> {
         let config = bincode::config::standard().with_limit::<BINCODE_DECODE_LIMIT>();
-        let (value, read) = bincode::serde::decode_from_slice(bytes, config)?;
+        // Strings and byte buffers are read borrowed and copied by their
+        // visitor: bincode's own owned path zero-fills (see `borrow_de.rs`).
+        let seed = BorrowingSeed(std::marker::PhantomData);
+        let (value, read) = bincode::serde::seed_decode_from_slice(seed, bytes, config)?;
         if read != bytes.len() {
             return Err(format!("{} trailing bytes", bytes.len() - read).into());
         }

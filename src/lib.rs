@@ -17,6 +17,7 @@
 //! | `notify.rs` | the namespace bus: fill notices wake waiters, change notices drop L1; our own writes hold back older fill notices |
 //! | `keys.rs` | Redis key layout with a Cluster hash tag; key and namespace checks |
 //! | `envelope.rs` | the stored byte format: 24-byte header + codec bytes |
+//! | `borrow_de.rs` | a serde adapter that reads owned strings and bytes as borrowed ones, so bincode decodes them without a zero-filled allocation |
 //! | `codec.rs` | [`Codec`], [`Bincode`] (default), `Postcard` (feature `postcard`) |
 //! | `stats.rs` | [`Stats`] counters |
 //! | `error.rs` | [`Error`], [`ErrorKind`] |
@@ -42,6 +43,8 @@
 //! | `bincode` | yes | [`Bincode`], the default codec (bincode 2.0.x, pinned; see README) |
 //! | `postcard` | no | `Postcard`, a maintained codec |
 
+#[cfg(feature = "bincode")]
+mod borrow_de;
 mod breaker;
 mod builder;
 mod cache;
