@@ -223,6 +223,12 @@ where
         flight.complete(Ok(current.clone()));
         let keys = self.remote.keys(key);
         let token = new_token();
+        // Registered before the probe, as in `run_flight`: a fill that lands
+        // between the probe and the wait below still ends the wait.
+        let watch = self.waiters.watch(key);
+        let notified = watch.notify().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
         // Locks only if Redis still holds our copy (or an older one): if the
         // fill notice of someone else's refresh has not reached us yet, the
         // newer value comes back instead and nothing is loaded.
@@ -243,7 +249,19 @@ where
                 }
                 _ => Ok(current),
             },
-            Ok(Probe::Locked { .. }) | Err(_) => Ok(current),
+            Ok(Probe::Locked { pttl, .. }) => {
+                // Another process is refreshing. This flight stays in the
+                // table (its callers already have the current value) until
+                // that refresh's fill notice, the end of its lock, or the end
+                // of our copy's freshness, whichever comes first, so this
+                // process's next early-refresh draws join it instead of
+                // probing Redis again every few requests.
+                let fresh_left = our_fresh_until_ms.saturating_sub(crate::envelope::now_ms());
+                let linger = pttl.min(Duration::from_millis(fresh_left));
+                let _ = tokio::time::timeout(linger, notified).await;
+                Ok(current)
+            }
+            Err(_) => Ok(current),
         }
     }
 
