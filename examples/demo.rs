@@ -93,8 +93,10 @@ async fn worker(o: Opts) {
     }
 
     let mut handles = Vec::new();
+    let records: Records = Default::default();
     for _ in 0..tasks {
         let (cache, con, key, run) = (cache.clone(), con.clone(), key.clone(), run.clone());
+        let records = records.clone();
         handles.push(tokio::spawn(async move {
             tokio::time::sleep_until(start).await;
             let t0 = std::time::Instant::now();
@@ -110,13 +112,13 @@ async fn worker(o: Opts) {
                         .ignore()
                         .incr(format!("{run}:loads"), 1)
                         .ignore();
-                    record(con.clone(), pipe);
+                    record(&records, con.clone(), pipe);
                     tokio::time::sleep(Duration::from_millis(loader_ms)).await;
                     // The fill is after this: a caller's end minus this
                     // bounds the fill-to-wake time from above.
                     let mut pipe = redis::pipe();
                     pipe.rpush(format!("{run}:load_ended"), now_us()).ignore();
-                    record(con, pipe);
+                    record(&records, con, pipe);
                     Ok::<_, redis::RedisError>(Item {
                         nonce: fastrand::u64(..),
                         loaded_by: std::process::id(),
@@ -149,6 +151,12 @@ async fn worker(o: Opts) {
             Err(e) => errors.push(e),
         }
     }
+    let pending = std::mem::take(&mut *records.lock().unwrap());
+    for sent in pending {
+        sent.await
+            .unwrap()
+            .expect("demo bookkeeping (load counts) reached Redis");
+    }
     let mut pipe = redis::pipe();
     if !lat.is_empty() {
         pipe.rpush(format!("{run}:lat"), &lat).ignore();
@@ -166,15 +174,14 @@ async fn worker(o: Opts) {
     }
 }
 
-/// Sends `pipe` from a task of its own, so the caller does not wait for
-/// it; a failure is reported loudly (the run's counts would be wrong).
-fn record(mut con: redis::aio::MultiplexedConnection, pipe: redis::Pipeline) {
-    tokio::spawn(async move {
-        if let Err(e) = pipe.query_async::<()>(&mut con).await {
-            eprintln!("demo bookkeeping failed: {e}");
-            std::process::exit(1);
-        }
-    });
+/// Bookkeeping sent to Redis from tasks of their own (`record`), awaited
+/// before the worker reports.
+type Records = Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<redis::RedisResult<()>>>>>;
+
+/// Sends `pipe` from a task of its own, so the caller does not wait for it.
+fn record(records: &Records, mut con: redis::aio::MultiplexedConnection, pipe: redis::Pipeline) {
+    let sent = tokio::spawn(async move { pipe.query_async::<()>(&mut con).await });
+    records.lock().unwrap().push(sent);
 }
 
 /// Steady load: `tasks` loops of `get_or_compute` over `keys` keys until

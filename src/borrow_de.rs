@@ -9,10 +9,12 @@
 //! visitor copies it into a plain `malloc`, which the thread cache serves.
 //!
 //! The value is the same: serde's visitors for owned strings and bytes take
-//! borrowed ones too (`visit_string` falls back to `visit_str` by serde's own
-//! convention, and self-describing formats hand out borrowed strings all the
-//! time). The size a malicious length prefix can claim stays bounded, now by
-//! the input itself: borrowed bytes must be there.
+//! borrowed ones too (self-describing formats hand out borrowed strings all
+//! the time). A rare visitor that implements only `visit_string` (serde
+//! falls back from owned to borrowed, not the other way) fails here, and the
+//! codec then decodes the value bincode's own way (`codec.rs`). The size a
+//! malicious length prefix can claim stays bounded, now by the input
+//! itself: borrowed bytes must be there.
 //!
 //! Everything else is forwarded unchanged, wrapping whatever the inner
 //! deserializer hands a visitor (sequences, maps, enums, options, newtypes)
@@ -395,6 +397,41 @@ mod tests {
             bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
         assert_eq!(plain.0, row());
         assert_eq!(Bincode.decode::<Row>(&bytes).unwrap(), row());
+    }
+
+    /// A string whose visitor takes only owned strings.
+    #[derive(Debug, PartialEq)]
+    struct OwnedOnly(String);
+
+    impl<'de> Deserialize<'de> for OwnedOnly {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            // Deliberately the misuse clippy warns about: such types
+            // exist, and must still decode.
+            #[allow(clippy::serde_api_misuse)]
+            impl serde::de::Visitor<'_> for V {
+                type Value = OwnedOnly;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an owned string")
+                }
+                fn visit_string<E: serde::de::Error>(self, v: String) -> Result<OwnedOnly, E> {
+                    Ok(OwnedOnly(v))
+                }
+            }
+            d.deserialize_string(V)
+        }
+    }
+
+    #[test]
+    fn a_visitor_that_takes_only_owned_strings_still_decodes() {
+        let mut bytes = Vec::new();
+        Bincode
+            .encode(&"only owned".to_string(), &mut bytes)
+            .unwrap();
+        assert_eq!(
+            Bincode.decode::<OwnedOnly>(&bytes).unwrap(),
+            OwnedOnly("only owned".into())
+        );
     }
 
     #[test]

@@ -300,7 +300,10 @@ where
     C: Codec,
 {
     /// Connects to Redis, subscribes to the namespace's notice channel and
-    /// returns the cache. Must run inside a Tokio runtime.
+    /// returns the cache. Must run inside a Tokio runtime, and the cache's
+    /// background tasks (the connection, its replacement, and the starter
+    /// of background refreshes) live on that runtime: use the cache while
+    /// that runtime runs.
     ///
     /// # Errors
     /// [`ErrorKind::Config`] for a bad namespace, URL or setting;

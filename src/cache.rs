@@ -14,7 +14,7 @@
 use serde::{Serialize, de::DeserializeOwned};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::builder::{CacheBuilder, Config, TtlFor};
 use crate::codec::{Codec, DefaultCodec};
@@ -22,7 +22,7 @@ use crate::envelope::{HEADER_LEN, Header, now_ms};
 use crate::error::{Error, ErrorKind};
 use crate::keys::check_key;
 use crate::load::LoadFn;
-use crate::local::{Flight, Flights, Local, Outcome, Ticket};
+use crate::local::{Entry, Flight, Flights, Local, Outcome, Ticket};
 use crate::notify::{Bus, BusEvent, Waiters};
 use crate::remote::Remote;
 use crate::starter::Starter;
@@ -124,7 +124,7 @@ where
             Some((entry, now)) if now < entry.fresh_until => {
                 Counters::bump(&inner.stats.l1_hits);
                 if entry.refresh_early(now) {
-                    inner.refresh_early(key, entry.value.clone(), entry.fresh_until_ms, loader);
+                    inner.refresh_early(key, &entry, loader);
                 }
                 return Ok(entry.value);
             }
@@ -497,30 +497,30 @@ where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
     C: Codec,
 {
-    /// Starts an early (XFetch) refresh of `key` unless one is running here.
-    fn refresh_early<L: LoadFn<V>>(
-        self: &Arc<Self>,
-        key: &str,
-        current: Arc<V>,
-        fresh_until_ms: u64,
-        loader: L,
-    ) {
+    /// Starts an early (XFetch) refresh of `key`, whose L1 entry is
+    /// `current`, unless one is running here. The flight is answered at
+    /// once with the current value, good until it stops being fresh: a
+    /// caller that joins it (its L1 lookup missed) gets that value rather
+    /// than waiting for the refresh.
+    fn refresh_early<L: LoadFn<V>>(self: &Arc<Self>, key: &str, current: &Entry<V>, loader: L) {
         let (flight, leader) = self.flights.join(key);
         if leader {
             Counters::bump(&self.stats.background_refreshes);
+            flight.complete_until(current.value.clone(), current.fresh_until);
             self.clone().spawn_flight(
                 key,
                 flight,
                 loader,
-                Some(current),
+                Some(current.value.clone()),
                 false,
-                Some(fresh_until_ms),
+                Some((current.fresh_until_ms, current.fresh_until)),
             );
         }
     }
 
     /// Spawns the load task of `flight`. `early` marks an XFetch refresh of
-    /// a value that is still fresh, with that value's fresh-until.
+    /// a value that is still fresh, with that value's fresh-until (as stored
+    /// in the envelope, and as this process's L1 holds it).
     ///
     /// A flight started with a value to serve meanwhile (`stale`: a stale
     /// value, or the current one of an early refresh) has a caller that is
@@ -534,7 +534,7 @@ where
         loader: L,
         stale: Option<Arc<V>>,
         redis_failed: bool,
-        early: Option<u64>,
+        early: Option<(u64, Instant)>,
     ) {
         let background = stale.is_some().then(|| self.clone());
         // Settles the flight however the task ends: with its outcome, by
@@ -550,8 +550,16 @@ where
         // state machine).
         let task = async move {
             let (inner, key, flight) = (&guard.inner, &guard.key, &guard.flight);
-            let outcome = if let Some(fresh_until_ms) = early {
-                Box::pin(inner.run_early_refresh(key, loader, flight, stale, fresh_until_ms)).await
+            let outcome = if let Some((fresh_until_ms, fresh_until)) = early {
+                Box::pin(inner.run_early_refresh(
+                    key,
+                    loader,
+                    flight,
+                    stale,
+                    fresh_until_ms,
+                    fresh_until,
+                ))
+                .await
             } else {
                 Box::pin(inner.run_flight(key, loader, flight, stale, redis_failed)).await
             };

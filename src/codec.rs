@@ -26,9 +26,11 @@ pub trait Codec: Send + Sync + 'static {
     fn decode<V: DeserializeOwned>(&self, bytes: &[u8]) -> Result<V, CodecError>;
 }
 
-/// The most memory a bincode decode may claim while decoding one value.
-/// bincode 2 applies its limit only when decoding, so sizes are also checked
-/// on encode, against `max_value_size`.
+/// The most memory bincode may claim for the owned parts of one decoded
+/// value (its sequences and maps). Strings and byte buffers are read
+/// borrowed (see `borrow_de.rs`), so their size is bounded by the input
+/// itself. bincode 2 applies its limit only when decoding, so sizes are
+/// also checked on encode, against `max_value_size`.
 #[cfg(feature = "bincode")]
 pub const BINCODE_DECODE_LIMIT: usize = 256 << 20;
 
@@ -50,7 +52,13 @@ impl Codec for Bincode {
         // Strings and byte buffers are read borrowed and copied by their
         // visitor: bincode's own owned path zero-fills (see `borrow_de.rs`).
         let seed = BorrowingSeed(std::marker::PhantomData);
-        let (value, read) = bincode::serde::seed_decode_from_slice(seed, bytes, config)?;
+        let (value, read) = match bincode::serde::seed_decode_from_slice(seed, bytes, config) {
+            Ok(decoded) => decoded,
+            // A type whose visitor takes only owned strings or buffers
+            // (serde falls back from owned to borrowed, not the other way):
+            // decode it bincode's own way. Only failures pay for this.
+            Err(_) => bincode::serde::decode_from_slice(bytes, config)?,
+        };
         if read != bytes.len() {
             return Err(format!("{} trailing bytes", bytes.len() - read).into());
         }

@@ -218,9 +218,10 @@ where
         flight: &Flight<V>,
         current: Option<Arc<V>>,
         our_fresh_until_ms: u64,
+        our_fresh_until: Instant,
     ) -> Outcome<V> {
+        // Callers were answered with it already (`Inner::refresh_early`).
         let current = current.expect("an early refresh has a current value");
-        flight.complete(Ok(current.clone()));
         let keys = self.remote.keys(key);
         let token = new_token();
         // Registered before the probe, as in `run_flight`: a fill that lands
@@ -255,9 +256,14 @@ where
                 // that refresh's fill notice, the end of its lock, or the end
                 // of our copy's freshness, whichever comes first, so this
                 // process's next early-refresh draws join it instead of
-                // probing Redis again every few requests.
-                let fresh_left = our_fresh_until_ms.saturating_sub(crate::envelope::now_ms());
-                let linger = pttl.min(Duration::from_millis(fresh_left));
+                // probing Redis again every few requests. (Past our copy's
+                // freshness a caller would not join it anyway: see
+                // `Flights::join`.) Capped by our own lock TTL, so another
+                // process's long lock cannot keep this task (and the cache)
+                // alive for long.
+                let linger = pttl
+                    .min(self.config.lock_ttl)
+                    .min(our_fresh_until.saturating_duration_since(Instant::now()));
                 let _ = tokio::time::timeout(linger, notified).await;
                 Ok(current)
             }

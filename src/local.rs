@@ -194,6 +194,11 @@ pub(crate) struct Flight<V> {
     voided: Mutex<bool>,
     /// The load task is waiting for another process's fill.
     waiting_for_fill: std::sync::atomic::AtomicBool,
+    /// Set for an early refresh, which is answered at once with the current
+    /// value and may then stay in the table while it waits: past this
+    /// instant (that value's freshness) the answer is out of date, and
+    /// `Flights::join` starts a new flight instead of handing it out.
+    answer_until: OnceLock<Instant>,
 }
 
 impl<V> Flight<V> {
@@ -203,7 +208,22 @@ impl<V> Flight<V> {
             done: Notify::new(),
             voided: Mutex::new(false),
             waiting_for_fill: Default::default(),
+            answer_until: OnceLock::new(),
         }
+    }
+
+    /// Settles the flight with a value that is good only until `until`
+    /// (see `answer_until`).
+    pub(crate) fn complete_until(&self, value: Arc<V>, until: Instant) {
+        let _ = self.answer_until.set(until);
+        self.complete(Ok(value));
+    }
+
+    /// True if the flight was answered with a value that has expired since.
+    fn answer_expired(&self) -> bool {
+        self.answer_until
+            .get()
+            .is_some_and(|until| Instant::now() >= *until)
     }
 
     pub(crate) fn mark_waiting_for_fill(&self) {
@@ -421,8 +441,16 @@ impl<V> Flights<V> {
     /// caller is the leader and must start the load.
     pub(crate) fn join(&self, key: &str) -> (Arc<Flight<V>>, bool) {
         let mut map = self.map.lock().expect("flights lock");
-        if let Some(f) = map.get(key) {
-            return (f.clone(), false);
+        if let Some(f) = map.get_mut(key) {
+            if !f.answer_expired() {
+                return (f.clone(), false);
+            }
+            // An early refresh still waiting, whose answer has expired:
+            // this caller leads a new flight (the old one's `finish` leaves
+            // the new one in place).
+            let flight = Arc::new(Flight::new());
+            *f = flight.clone();
+            return (flight, true);
         }
         let flight = Arc::new(Flight::new());
         map.insert(key.into(), flight.clone());
@@ -588,5 +616,24 @@ mod tests {
         };
         local.insert("gone", Arc::new(1), &expired);
         assert!(local.get("gone").is_none());
+    }
+
+    #[test]
+    fn a_flight_whose_early_answer_expired_is_not_joined() {
+        let flights: Flights<u32> = Flights::default();
+        let (early, leader) = flights.join("k");
+        assert!(leader);
+        early.complete_until(Arc::new(1), Instant::now() + Duration::from_millis(30));
+        // While the answer is fresh, callers join it and get it.
+        let (joined, leader) = flights.join("k");
+        assert!(!leader && Arc::ptr_eq(&joined, &early));
+        std::thread::sleep(Duration::from_millis(40));
+        // Past it, the next caller leads a new flight, and the early one's
+        // task finishing later leaves the new one in the table.
+        let (fresh, leader) = flights.join("k");
+        assert!(leader && !Arc::ptr_eq(&fresh, &early));
+        flights.finish("k", &early);
+        let (again, leader) = flights.join("k");
+        assert!(!leader && Arc::ptr_eq(&again, &fresh));
     }
 }

@@ -541,3 +541,80 @@ async fn postcard_codec_round_trips_through_redis() {
     let b = build().await.unwrap();
     assert_eq!(b.get("1").await.unwrap().as_deref(), Some(&row(1)));
 }
+
+/// An early refresh answers its flight at once with the current value, and
+/// may wait on while another process holds the lock. Past that value's
+/// expiry (hard here: no stale window) no caller may be handed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_refresh_answer_is_not_served_past_its_expiry() {
+    fn unix_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+    let server = RedisServer::start();
+    let cache: Cache<Row> = Cache::builder("t")
+        .redis_url(server.url())
+        .ttl(Duration::from_millis(1000))
+        .jitter(0.0)
+        .wait_timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    // A 300 ms load makes the early-refresh window wide (it scales with the
+    // compute time), so the refresh draws start well before the expiry.
+    let first = cache
+        .get_or_compute("k", || async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, DbError>(row(1))
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.id, 1);
+    let mut con = server.connection();
+    let bytes: Vec<u8> = redis::cmd("GET").arg("hc:{t:k}:v").query(&mut con).unwrap();
+    let expires = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
+    // "Another process" is refreshing and holds the lock past the expiry.
+    let _: () = redis::cmd("SET")
+        .arg("hc:{t:k}:l")
+        .arg("other")
+        .arg("PX")
+        .arg(10_000)
+        .query(&mut con)
+        .unwrap();
+    let late = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (cache, late) = (cache.clone(), late.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut calls = 0u32;
+            while unix_ms() < expires + 300 && calls < 1_000_000 {
+                calls += 1;
+                let started = unix_ms();
+                let got = tokio::time::timeout(
+                    Duration::from_millis(50),
+                    cache.get_or_compute("k", || async { Ok::<_, DbError>(row(2)) }),
+                )
+                .await;
+                if let Ok(Ok(v)) = got
+                    && v.id == 1
+                    && started > expires
+                {
+                    late.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = cache.stats();
+    assert!(stats.background_refreshes >= 1, "{stats:?}");
+    assert_eq!(
+        late.load(Ordering::Relaxed),
+        0,
+        "calls started after the expiry got the expired value; {stats:?}"
+    );
+}

@@ -105,9 +105,20 @@ pub struct Loader {
     /// release instant: the chart marks them as that key's expiries.
     pub hot_loads: Arc<Mutex<Vec<u64>>>,
     pub go_ms: u64,
+    /// The load counts still on their way to Redis.
+    pub counting: Arc<Mutex<Vec<tokio::task::JoinHandle<Result<(), String>>>>>,
 }
 
 impl Loader {
+    /// Waits until every load counted so far is in Redis.
+    pub async fn counted(&self) -> Result<(), String> {
+        let pending = std::mem::take(&mut *self.counting.lock().expect("counting lock"));
+        for count in pending {
+            count.await.map_err(|e| format!("count a load: {e}"))??;
+        }
+        Ok(())
+    }
+
     pub async fn load(self, key: u32) -> Result<Product, LoadError> {
         if key == 0 {
             let at = now_ms().saturating_sub(self.go_ms);
@@ -115,14 +126,16 @@ impl Loader {
         }
         // Counted from a task of its own: the load should take the
         // loader's time, not also the round trip that counts it (which
-        // would add ~0.1-1 ms to every strategy's loads).
+        // would add ~0.1-1 ms to every strategy's loads). The worker awaits
+        // every count before it reports (`Loader::counted`).
         let (mut con, loads_key) = (self.con.clone(), self.loads_key.clone());
-        tokio::spawn(async move {
-            if let Err(e) = con.incr::<_, _, u64>(&*loads_key, 1).await {
-                eprintln!("loadtest: could not count a load: {e}");
-                std::process::exit(1);
-            }
+        let count = tokio::spawn(async move {
+            con.incr::<_, _, u64>(&*loads_key, 1)
+                .await
+                .map(drop)
+                .map_err(|e| format!("count a load: {e}"))
         });
+        self.counting.lock().expect("counting lock").push(count);
         tokio::time::sleep(self.delay).await;
         let id = i64::from(key) + 1;
         let mut product = match (self.kind, &self.db) {

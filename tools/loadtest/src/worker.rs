@@ -279,6 +279,7 @@ pub async fn run(spec: WorkerSpec, index: usize) -> Result<(), String> {
             loads_key: format!("{run}:loads").into(),
             hot_loads: hot_loads.clone(),
             go_ms,
+            counting: Default::default(),
         },
         client,
         picker: KeyPicker::new(spec.keys, spec.dist, spec.zipf_s, spec.hot_share),
@@ -309,6 +310,7 @@ pub async fn run(spec: WorkerSpec, index: usize) -> Result<(), String> {
         }
         report.elapsed_us = report.elapsed_us.max(out.last_done.as_micros() as u64);
     }
+    shared.loader.counted().await?;
     report.hot_loads_ms = std::mem::take(&mut *hot_loads.lock().expect("hot_loads lock"));
     report.herdcache = shared.client.stats().map(HcStats::from);
 
