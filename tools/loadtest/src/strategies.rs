@@ -89,6 +89,9 @@ impl std::fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
+/// A load count on its way to Redis.
+pub type Counting = tokio::task::JoinHandle<Result<(), String>>;
+
 /// The "database read" every strategy calls on a miss. Cheap to clone: one
 /// clone per request, moved into the loader closure.
 #[derive(Clone)]
@@ -106,7 +109,7 @@ pub struct Loader {
     pub hot_loads: Arc<Mutex<Vec<u64>>>,
     pub go_ms: u64,
     /// The load counts still on their way to Redis.
-    pub counting: Arc<Mutex<Vec<tokio::task::JoinHandle<Result<(), String>>>>>,
+    pub counting: Arc<Mutex<Vec<Counting>>>,
 }
 
 impl Loader {
