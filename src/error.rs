@@ -29,6 +29,11 @@ pub enum ErrorKind {
     InvalidKey,
     /// The builder was given a setting that cannot work.
     Config,
+    /// A lock was still held by another when the acquire's timeout ran out.
+    LockTimeout,
+    /// Fewer than a majority of a [`Redlock`](crate::Redlock)'s masters
+    /// answered.
+    NoQuorum,
 }
 
 impl fmt::Display for ErrorKind {
@@ -43,6 +48,8 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Encode => "could not encode value",
             ErrorKind::InvalidKey => "invalid key",
             ErrorKind::Config => "invalid configuration",
+            ErrorKind::LockTimeout => "timed out waiting for a lock",
+            ErrorKind::NoQuorum => "no quorum of Redis masters",
         })
     }
 }

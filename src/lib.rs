@@ -45,30 +45,28 @@
 
 #[cfg(feature = "bincode")]
 mod borrow_de;
-mod breaker;
-mod builder;
 mod cache;
+mod client;
 mod codec;
-mod envelope;
 mod error;
-mod keys;
-mod link;
-mod load;
-mod local;
 mod lock;
-mod notify;
-mod remote;
-mod scripts;
-mod starter;
-mod stats;
+mod shared;
 
-pub use builder::CacheBuilder;
-pub use cache::Cache;
+pub use cache::builder::CacheBuilder;
+pub use cache::handle::Cache;
+pub use cache::keys::{MAX_KEY_LEN, MAX_NAMESPACE_LEN};
+pub use cache::stats::Stats;
+pub use client::{Client, ClientBuilder};
 #[cfg(feature = "postcard")]
 pub use codec::Postcard;
 #[cfg(feature = "bincode")]
 pub use codec::{BINCODE_DECODE_LIMIT, Bincode};
 pub use codec::{Codec, CodecError, DefaultCodec};
 pub use error::{Error, ErrorKind};
-pub use keys::{MAX_KEY_LEN, MAX_NAMESPACE_LEN};
-pub use stats::Stats;
+pub use lock::keys::MAX_LOCK_NAME_LEN;
+pub use lock::redlock::{DEFAULT_NODE_TIMEOUT, Redlock, RedlockBuilder, RedlockGuard, RedlockLock};
+pub use lock::single::{DEFAULT_LEASE, Lock, LockGuard, MIN_LEASE};
+/// The `redis` crate herdcache is built on, so that
+/// [`CacheBuilder::client`] and [`Client::from_redis`] need no version match
+/// in your manifest.
+pub use redis;

@@ -1,20 +1,19 @@
 //! [`CacheBuilder`]: every option, its default, and the trade-off it sets.
 
-use redis::{Client, ProtocolVersion};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::{Cache, Inner};
+use crate::cache::handle::{Cache, Inner};
+use crate::cache::keys::Layout;
+use crate::cache::local::{Flights, Local};
+use crate::cache::notify::{Bus, Waiters};
+use crate::cache::remote::Remote;
+use crate::cache::starter::Starter;
+use crate::cache::stats::Counters;
+use crate::client::{Client, DEFAULT_BREAKER_COOLDOWN, DEFAULT_REDIS_TIMEOUT};
 use crate::codec::{Codec, DefaultCodec};
 use crate::error::{Error, ErrorKind};
-use crate::keys::Layout;
-use crate::link::Link;
-use crate::local::{Flights, Local};
-use crate::notify::{Bus, Waiters};
-use crate::remote::Remote;
-use crate::starter::Starter;
-use crate::stats::Counters;
 
 /// The settings a built cache runs with.
 #[derive(Debug, Clone)]
@@ -45,7 +44,7 @@ impl Default for Config {
             lock_ttl: Duration::from_secs(3),
             wait_timeout: Duration::from_secs(10),
             load_timeout: Duration::from_secs(10),
-            redis_timeout: Duration::from_millis(500),
+            redis_timeout: DEFAULT_REDIS_TIMEOUT,
             max_value_size: 8 << 20,
             local_ttl: None,
             max_capacity: 10_000,
@@ -54,7 +53,7 @@ impl Default for Config {
             stale_for: Duration::ZERO,
             soft_timeout: None,
             fail_safe_throttle: Duration::from_secs(30),
-            breaker_cooldown: Duration::from_millis(250),
+            breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
             early_refresh_beta: 1.0,
         }
     }
@@ -62,7 +61,9 @@ impl Default for Config {
 
 enum RedisSource {
     Url(String),
-    Client(Client),
+    Client(redis::Client),
+    /// A [`Client`] the cache shares with other tools.
+    Shared(Client),
 }
 
 /// Builds a [`Cache`]. Start with [`Cache::builder`].
@@ -73,6 +74,10 @@ pub struct CacheBuilder<V, C = DefaultCodec> {
     config: Config,
     codec: C,
     ttl_for: Option<TtlFor<V>>,
+    /// Connection settings given to this builder (they belong to the
+    /// client when the cache shares one).
+    connection_settings: bool,
+    connect_lazy: bool,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -99,15 +104,25 @@ impl<V> CacheBuilder<V, DefaultCodec> {
             config: Config::default(),
             codec: DefaultCodec::default(),
             ttl_for: None,
+            connection_settings: false,
+            connect_lazy: false,
             _value: PhantomData,
         }
+    }
+
+    pub(crate) fn shared(mut self, client: Client) -> Self {
+        self.redis = Some(RedisSource::Shared(client));
+        self
     }
 }
 
 impl<V, C: Codec> CacheBuilder<V, C> {
     /// The Redis to use, as a URL (`redis://127.0.0.1:6379/0`). Required,
-    /// unless [`client`](Self::client) is given. The cache opens its own
-    /// connection with RESP3 (for push notices) whatever the URL says.
+    /// unless [`client`](Self::client) is given or the builder came from
+    /// [`Client::cache`]. The cache then makes a private [`Client`] (its
+    /// own connection, with RESP3 for push notices whatever the URL says).
+    /// Several caches and locks in one process should share one [`Client`]
+    /// instead: one connection, one subscription.
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.redis = Some(RedisSource::Url(url.into()));
         self
@@ -116,7 +131,7 @@ impl<V, C: Codec> CacheBuilder<V, C> {
     /// The Redis to use, as a `redis::Client` (for TLS, ACL or other settings
     /// a URL cannot carry). The cache opens its own connection from it,
     /// because it needs a push channel and its own timeouts on it.
-    pub fn client(mut self, client: Client) -> Self {
+    pub fn client(mut self, client: redis::Client) -> Self {
         self.redis = Some(RedisSource::Client(client));
         self
     }
@@ -167,7 +182,12 @@ impl<V, C: Codec> CacheBuilder<V, C> {
     /// The longest any single Redis command (or connection attempt) may
     /// take. Default 500 ms. Past it the command counts as failed: reads
     /// fall back to the loader, writes return [`ErrorKind::Redis`].
+    ///
+    /// A connection setting: for a cache made with [`Client::cache`] it is
+    /// the client's ([`ClientBuilder::redis_timeout`](crate::ClientBuilder::redis_timeout)),
+    /// and setting it here is a [`ErrorKind::Config`] error at `build`.
     pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_settings = true;
         self.config.redis_timeout = timeout;
         self
     }
@@ -243,8 +263,23 @@ impl<V, C: Codec> CacheBuilder<V, C> {
     /// 250 ms: short enough that a Redis that comes back is used again
     /// within well under a second, long enough that an outage costs each
     /// miss no more than a failed-fast check.
+    ///
+    /// A connection setting, as [`redis_timeout`](Self::redis_timeout) is.
     pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.connection_settings = true;
         self.config.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// Build even while Redis is down: the connection is made in the
+    /// background, and until it is up the cache serves as in an outage (L1,
+    /// else the loader, once per process). Default off, so that a wrong URL
+    /// or a missing Redis fails `build` where it is noticed; see
+    /// [`ClientBuilder::connect_lazy`](crate::ClientBuilder::connect_lazy).
+    /// A connection setting, as [`redis_timeout`](Self::redis_timeout) is.
+    pub fn connect_lazy(mut self, lazy: bool) -> Self {
+        self.connection_settings = true;
+        self.connect_lazy = lazy;
         self
     }
 
@@ -268,6 +303,8 @@ impl<V, C: Codec> CacheBuilder<V, C> {
             config: self.config,
             codec,
             ttl_for: self.ttl_for,
+            connection_settings: self.connection_settings,
+            connect_lazy: self.connect_lazy,
             _value: PhantomData,
         }
     }
@@ -316,30 +353,49 @@ where
             None => {
                 return Err(Error::new(
                     ErrorKind::Config,
-                    "no Redis given: call .redis_url(…) or .client(…)",
+                    "no Redis given: call .redis_url(…) or .client(…), or use Client::cache",
                 ));
             }
-            Some(RedisSource::Url(url)) => Client::open(url.as_str()).map_err(|e| {
-                Error::with_source(ErrorKind::Config, format!("bad Redis URL {url:?}"), e)
-            })?,
-            Some(RedisSource::Client(client)) => client,
+            Some(RedisSource::Shared(client)) => {
+                if self.connection_settings {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        "redis_timeout, breaker_cooldown and connect_lazy belong to the shared \
+                         Client: set them on Client::builder",
+                    ));
+                }
+                client
+            }
+            Some(source) => {
+                let builder = match source {
+                    RedisSource::Url(url) => Client::builder(url),
+                    RedisSource::Client(client) => Client::from_redis(client),
+                    RedisSource::Shared(_) => unreachable!("handled above"),
+                };
+                builder
+                    .redis_timeout(self.config.redis_timeout)
+                    .breaker_cooldown(self.config.breaker_cooldown)
+                    .connect_lazy(self.connect_lazy)
+                    .connect()
+                    .await?
+            }
         };
-        // Push notices need RESP3; force it rather than make users remember.
-        let info = client.get_connection_info().clone();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(settings))
-            .map_err(|e| Error::with_source(ErrorKind::Config, "Redis client", e))?;
-
         let origin = fastrand::u64(..);
         let waiters = Arc::new(Waiters::default());
         let bus = Bus::new(waiters.clone(), origin);
-        let timeout = self.config.redis_timeout;
-        let link = Link::open(client, timeout, layout.channel().to_owned(), bus.clone())
-            .await
-            .map_err(|e| Error::redis("connect and subscribe", e))?;
+        // Subscribed before the cache can send anything: a waiter must never
+        // miss a notice. With no connection (a lazy client, or an outage of
+        // a shared one) the next connection subscribes; a subscription that
+        // fails on a live connection fails the build, as before.
+        let (listening, subscribed) = client
+            .server
+            .link
+            .listen(layout.channel(), bus.clone())
+            .await;
+        let connected = client.server.link.get().is_ok();
+        if connected {
+            subscribed.map_err(|e| Error::redis("subscribe", e))?;
+        }
         let stats = Arc::new(Counters::default());
         let local = Local::new(
             self.config.max_capacity,
@@ -352,14 +408,7 @@ where
         );
         let flights = Arc::new(Flights::default());
         let inner = Arc::new(Inner {
-            remote: Remote::new(
-                link,
-                layout,
-                origin,
-                timeout,
-                self.config.breaker_cooldown,
-                stats.clone(),
-            ),
+            remote: Remote::new(client.server.clone(), layout, origin, stats.clone()),
             local,
             flights,
             waiters: waiters.clone(),
@@ -369,21 +418,23 @@ where
             codec: self.codec,
             ttl_for: self.ttl_for,
             starter: Starter::spawn(),
+            _listening: listening,
         });
-        // The bus holds the cache weakly: the cache owns the connection
-        // whose pushes feed the bus, so a strong reference would be a
-        // cycle that outlives every `Cache` handle.
+        // The bus holds the cache weakly: the cache owns its place on the
+        // connection whose pushes feed the bus, so a strong reference would
+        // be a cycle that outlives every `Cache` handle.
         let weak = Arc::downgrade(&inner);
         bus.attach(Box::new(move |event| {
             if let Some(inner) = weak.upgrade() {
                 inner.on_bus(event);
             }
         }));
-        inner
-            .remote
-            .sync_generation()
-            .await
-            .map_err(|e| Error::redis("read namespace generation", e))?;
+        // Without a connection the generation is read when it comes up
+        // (every new connection makes each cache re-read it).
+        let synced = inner.remote.sync_generation().await;
+        if connected {
+            synced.map_err(|e| Error::redis("read namespace generation", e))?;
+        }
         Ok(Cache::from_arc(inner))
     }
 }

@@ -15,8 +15,6 @@
 //! from Redis' TTL so that every process agrees on it from one GET, and so a
 //! value can outlive its freshness (the stale window) without a second key.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 pub(crate) const HEADER_LEN: usize = 24;
 const MAGIC: u8 = 0xC4;
 const VERSION: u8 = 1;
@@ -81,14 +79,7 @@ impl Header {
     }
 }
 
-/// Wall-clock now in unix milliseconds. Wall clock, not `Instant`, because
-/// the instants in the header are compared across processes.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as u64
-}
+pub(crate) use crate::shared::now_ms;
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,5 @@
-//! Every Lua script the cache runs, in one place.
+//! The cache's own Lua scripts. The lease primitives it shares with the
+//! locks (take, extend, release with a token) are in `shared/scripts.rs`.
 //!
 //! Each one runs atomically on the server and touches only the value key and
 //! the lock key of one cache key, which share a hash tag (see `keys.rs`), so
@@ -37,19 +38,6 @@ return {'w', redis.call('PTTL', KEYS[2])}
     )
 });
 
-/// Takes the lock when the value is there but unusable (undecodable): the
-/// read-or-lock probe would return the bytes instead of locking.
-/// KEYS: lock. ARGV: token, lock ttl ms.
-/// Returns -1 if acquired, else the holder's remaining ms (>= 0).
-pub(crate) static TRY_LOCK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -1 end
-return math.max(redis.call('PTTL', KEYS[1]), 0)
-",
-    )
-});
-
 /// The lease-checked fill: writes the value only if our token still holds the
 /// lock, then releases the lock and publishes the fill notice, all at once,
 /// so waiters are woken by the same step that makes the value visible.
@@ -63,32 +51,6 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
-",
-    )
-});
-
-/// Compare-and-delete release after a failed load, with a notice so waiters
-/// retry at once instead of at their next poll. Never a plain DEL: a lock
-/// that expired and was taken by someone else must not be freed by us.
-/// KEYS: lock. ARGV: token, channel, notice. Returns 1 if released.
-pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
-",
-    )
-});
-
-/// The watchdog's extension: compare-token-then-PEXPIRE.
-/// KEYS: lock. ARGV: token, ttl ms. Returns 1 if still ours.
-pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 ",
     )
 });
@@ -139,15 +101,6 @@ return g
 /// none): otherwise the first call of each script after a (re)start pays a
 /// `NOSCRIPT` reply and a `SCRIPT LOAD`, two extra round trips on the
 /// critical path of the first cold load.
-pub(crate) fn all() -> [&'static Script; 8] {
-    [
-        &GET_OR_LOCK,
-        &TRY_LOCK,
-        &FILL,
-        &RELEASE,
-        &EXTEND,
-        &SET_VOIDING,
-        &INVALIDATE,
-        &CLEAR,
-    ]
+pub(crate) fn all() -> [&'static Script; 5] {
+    [&GET_OR_LOCK, &FILL, &SET_VOIDING, &INVALIDATE, &CLEAR]
 }

@@ -14,16 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::cache::keys::RedisKeys;
+use crate::cache::remote::Remote;
+use crate::cache::stats::Counters;
 use crate::error::{Error, ErrorKind};
-use crate::keys::RedisKeys;
-use crate::remote::Remote;
-use crate::stats::Counters;
-
-/// A token unique across the fleet: 128 random bits from a generator seeded
-/// by the OS. Hex, so it is printable in `redis-cli`.
-pub(crate) fn new_token() -> String {
-    format!("{:032x}", fastrand::u128(..))
-}
 
 /// Runs `loader` in its own task (so a panic is caught as an error and the
 /// caller's cancellation cannot cut it short), bounded by `load_timeout`,
@@ -90,17 +84,5 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "loader panicked with a non-string payload".to_owned()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_long_and_distinct() {
-        let a = new_token();
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, new_token());
     }
 }

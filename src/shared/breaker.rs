@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::envelope::now_ms;
+use crate::shared::now_ms;
 
 #[derive(Debug)]
 pub(crate) struct Breaker {

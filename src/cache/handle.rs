@@ -16,17 +16,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::builder::{CacheBuilder, Config, TtlFor};
+use crate::cache::builder::{CacheBuilder, Config, TtlFor};
+use crate::cache::envelope::{HEADER_LEN, Header, now_ms};
+use crate::cache::keys::check_key;
+use crate::cache::load::LoadFn;
+use crate::cache::local::{Entry, Flight, Flights, Local, Outcome, Ticket};
+use crate::cache::notify::{Bus, BusEvent, Waiters};
+use crate::cache::remote::Remote;
+use crate::cache::starter::Starter;
+use crate::cache::stats::{Counters, Stats};
 use crate::codec::{Codec, DefaultCodec};
-use crate::envelope::{HEADER_LEN, Header, now_ms};
 use crate::error::{Error, ErrorKind};
-use crate::keys::check_key;
-use crate::load::LoadFn;
-use crate::local::{Entry, Flight, Flights, Local, Outcome, Ticket};
-use crate::notify::{Bus, BusEvent, Waiters};
-use crate::remote::Remote;
-use crate::starter::Starter;
-use crate::stats::{Counters, Stats};
+use crate::shared::link::Listening;
 
 /// A two-tier cache of `V` values under one namespace.
 ///
@@ -56,6 +57,9 @@ pub(crate) struct Inner<V, C> {
     pub(crate) ttl_for: Option<TtlFor<V>>,
     /// Spawns the refreshes that callers serving a value meanwhile start.
     pub(crate) starter: Starter,
+    /// The bus's place on the client's connection: dropping the cache
+    /// leaves the channel.
+    pub(crate) _listening: Listening,
 }
 
 impl<V> Cache<V, DefaultCodec> {

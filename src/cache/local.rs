@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-use crate::envelope::{Header, now_ms};
+use crate::cache::envelope::{Header, now_ms};
 use crate::error::Error;
 
 /// One L1 entry: the shared value and when it stops being fresh.

@@ -12,6 +12,14 @@
 //! one task reconnects. A single command is then bounded by the connection's
 //! own response timeout, with no timer of ours.
 //!
+//! One `Link` serves a whole [`Client`](crate::Client): every cache and every
+//! lock waiter of the process listens on it. Pub/sub messages are handed out
+//! by channel through the [`Router`]: a cache listens on its namespace's
+//! channel, a lock waiter on its lock's release channel. A channel is
+//! subscribed when its first listener arrives and unsubscribed when its last
+//! one leaves; every new connection subscribes to all channels that have a
+//! listener before any call can use it.
+//!
 //! Each connection gets a serial number. Its `Disconnection` push, or a call
 //! that finds it dropped, reports that serial; the task retires the
 //! connection only if it is still the current one, so a late report about
@@ -19,14 +27,15 @@
 
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, PushInfo, PushKind, RedisResult};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, FromRedisValue, PushInfo, PushKind, RedisResult, Script,
+    Value,
+};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-
-use crate::notify::Bus;
-use crate::scripts;
 
 /// How long the reconnect task waits between two failed attempts. Each
 /// attempt is itself bounded by `redis_timeout`; a Redis that is back is
@@ -40,12 +49,151 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// the connection is replaced (see `Link::check`).
 const GIVE_UP_AFTER: u32 = 3;
 
+/// What listens on a pub/sub channel: a cache's namespace bus, or the
+/// waiters of one lock name. Every method runs in the connection's push
+/// callback or the reconnect task and must not block.
+pub(crate) trait Listener: Send + Sync {
+    /// A message published on the channel, received on connection `serial`.
+    fn message(&self, payload: &[u8], serial: u64);
+    /// From now on only connection `serial` counts (called before it
+    /// subscribes, and when the listener joins a live connection).
+    fn accept(&self, _serial: u64) {}
+    /// Connection `serial` was given up: its messages no longer count.
+    fn retire(&self, _serial: u64) {}
+    /// The connection was lost: messages may be lost with it, so waiters
+    /// should re-check.
+    fn lost(&self) {}
+    /// A new connection is up and subscribed to every channel.
+    fn reconnected(&self) {}
+}
+
+type Listeners = Arc<[(u64, Arc<dyn Listener>)]>;
+
+/// Channel -> its listeners. Read on every push; written when a listener
+/// joins or leaves (copy-on-write, so a push clones one `Arc`).
+#[derive(Default)]
+pub(crate) struct Router {
+    channels: RwLock<HashMap<Box<[u8]>, Listeners>>,
+}
+
+impl Router {
+    fn get(&self, channel: &[u8]) -> Option<Listeners> {
+        self.channels
+            .read()
+            .expect("router lock")
+            .get(channel)
+            .cloned()
+    }
+
+    /// Adds a listener; true if it is the channel's first.
+    fn add(&self, channel: &[u8], id: u64, listener: Arc<dyn Listener>) -> bool {
+        let mut map = self.channels.write().expect("router lock");
+        let entry = map
+            .entry(channel.into())
+            .or_insert_with(|| Arc::from(vec![]));
+        let first = entry.is_empty();
+        let mut all = entry.to_vec();
+        all.push((id, listener));
+        *entry = all.into();
+        first
+    }
+
+    /// Removes a listener; true if the channel has none left.
+    fn remove(&self, channel: &[u8], id: u64) -> bool {
+        let mut map = self.channels.write().expect("router lock");
+        let Some(entry) = map.get_mut(channel) else {
+            return true;
+        };
+        let rest: Vec<_> = entry.iter().filter(|(i, _)| *i != id).cloned().collect();
+        if rest.is_empty() {
+            map.remove(channel);
+            true
+        } else {
+            *entry = rest.into();
+            false
+        }
+    }
+
+    fn channels(&self) -> Vec<Box<[u8]>> {
+        self.channels
+            .read()
+            .expect("router lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn each(&self, f: impl Fn(&dyn Listener)) {
+        let all: Vec<Listeners> = self
+            .channels
+            .read()
+            .expect("router lock")
+            .values()
+            .cloned()
+            .collect();
+        for listeners in all {
+            for (_, l) in listeners.iter() {
+                f(l.as_ref());
+            }
+        }
+    }
+
+    fn dispatch(&self, push: &PushInfo, serial: u64) {
+        if let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+            (push.data.first(), push.data.get(1))
+            && let Some(listeners) = self.get(channel)
+        {
+            for (_, l) in listeners.iter() {
+                l.message(payload, serial);
+            }
+        }
+    }
+}
+
+/// A listener's place on a channel; leaving drops it, and the channel is
+/// unsubscribed once no listener is left.
+pub(crate) struct Listening {
+    link: Arc<Link>,
+    channel: Box<[u8]>,
+    id: u64,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        if !self.link.router.remove(&self.channel, self.id) {
+            return;
+        }
+        // Without a runtime (it is shutting down) the connection goes with
+        // it: nothing to unsubscribe.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (link, channel) = (self.link.clone(), self.channel.clone());
+        runtime.spawn(async move {
+            let _order = link.subscriptions.lock().await;
+            // Someone may have joined again meanwhile.
+            if link.router.get(&channel).is_none()
+                && let Ok(mut conn) = link.get()
+            {
+                let _ = conn.conn.unsubscribe(&*channel).await;
+            }
+        });
+    }
+}
+
 pub(crate) struct Link {
     client: Client,
     /// Timeouts only; each connection adds its own push sender.
     config: AsyncConnectionConfig,
-    channel: String,
-    bus: Arc<Bus>,
+    router: Arc<Router>,
+    /// Orders SUBSCRIBE and UNSUBSCRIBE commands and connection set-up, so
+    /// a channel's subscribe and unsubscribe cannot overtake each other and
+    /// a channel added during a reconnect is subscribed on the new
+    /// connection. Held across a round trip, so it is a Tokio mutex.
+    subscriptions: tokio::sync::Mutex<()>,
+    next_listener: AtomicU64,
+    /// Scripts loaded into every new connection's Redis.
+    scripts: Vec<&'static Script>,
     current: ArcSwapOption<Live>,
     next_serial: AtomicU64,
     /// Serials of connections found lost, for the reconnect task.
@@ -85,13 +233,15 @@ fn not_connected() -> redis::RedisError {
 }
 
 impl Link {
-    /// Connects, subscribes to `channel`, and starts the reconnect task.
-    /// Fails if Redis cannot be reached within the config's timeouts.
+    /// Connects and starts the reconnect task. Fails if Redis cannot be
+    /// reached within the config's timeouts, unless `lazy`: then the first
+    /// connection is made by the reconnect task, and calls fail at once
+    /// (as in an outage) until it is up.
     pub(crate) async fn open(
         client: Client,
         timeout: Duration,
-        channel: String,
-        bus: Arc<Bus>,
+        scripts: Vec<&'static Script>,
+        lazy: bool,
     ) -> RedisResult<Arc<Link>> {
         let (lost, lost_rx) = mpsc::unbounded_channel();
         let link = Arc::new(Link {
@@ -99,8 +249,10 @@ impl Link {
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(timeout))
                 .set_response_timeout(Some(timeout)),
-            channel,
-            bus: bus.clone(),
+            router: Arc::default(),
+            subscriptions: tokio::sync::Mutex::new(()),
+            next_listener: AtomicU64::new(0),
+            scripts,
             current: ArcSwapOption::empty(),
             next_serial: AtomicU64::new(0),
             lost,
@@ -108,11 +260,52 @@ impl Link {
             streak: Mutex::default(),
             timing_out: AtomicBool::new(false),
         });
-        link.connect().await?;
-        // The task holds the link weakly: it ends once the last cache handle
-        // (and so every sender of `lost`) is gone.
-        tokio::spawn(reconnect_task(Arc::downgrade(&link), lost_rx, bus));
+        if lazy {
+            // The reconnect task makes the first connection, as it would
+            // after a loss (no connection is current yet: serial 0 is not).
+            let _ = link.lost.send(u64::MAX);
+        } else {
+            link.connect().await?;
+        }
+        // The task holds the link weakly: it ends once the last handle (and
+        // so every sender of `lost`) is gone.
+        tokio::spawn(reconnect_task(Arc::downgrade(&link), lost_rx));
         Ok(link)
+    }
+
+    /// Adds `listener` to `channel`, subscribing to the channel if it is the
+    /// first. On return, a message published from now on reaches the
+    /// listener (unless the connection is lost meanwhile: then the
+    /// listener's `lost` and `reconnected` are called). With no connection,
+    /// the next one subscribes; the error is that of the SUBSCRIBE (the
+    /// listener stays registered until the guard is dropped).
+    pub(crate) async fn listen(
+        self: &Arc<Self>,
+        channel: &str,
+        listener: Arc<dyn Listener>,
+    ) -> (Listening, RedisResult<()>) {
+        let _order = self.subscriptions.lock().await;
+        let id = self.next_listener.fetch_add(1, Relaxed);
+        let first = self.router.add(channel.as_bytes(), id, listener.clone());
+        let guard = Listening {
+            link: self.clone(),
+            channel: channel.as_bytes().into(),
+            id,
+        };
+        let result = match self.get() {
+            Ok(mut conn) => {
+                listener.accept(conn.serial);
+                if first {
+                    let r = conn.conn.subscribe(channel).await;
+                    self.check(&conn, &r);
+                    r
+                } else {
+                    Ok(())
+                }
+            }
+            Err(e) => Err(e),
+        };
+        (guard, result)
     }
 
     /// One attempt: a new connection whose pushes feed the bus, subscribed
@@ -120,13 +313,16 @@ impl Link {
     /// can be missed), with every script loaded, then made current.
     async fn connect(&self) -> RedisResult<()> {
         let serial = self.next_serial.fetch_add(1, Relaxed);
-        let to_bus = self.bus.sender(serial);
+        let router = self.router.clone();
         let lost = self.lost.clone();
         let on_push = move |push: PushInfo| {
-            if push.kind == PushKind::Disconnection {
-                let _ = lost.send(serial);
+            match push.kind {
+                PushKind::Disconnection => {
+                    let _ = lost.send(serial);
+                }
+                PushKind::Message => router.dispatch(&push, serial),
+                _ => {}
             }
-            to_bus(push);
             Ok::<(), std::convert::Infallible>(())
         };
         let config = self.config.clone().set_push_sender(on_push);
@@ -134,9 +330,13 @@ impl Link {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        self.bus.accept(serial);
-        conn.subscribe(&self.channel).await?;
-        let loads = scripts::all().map(|script| {
+        let _order = self.subscriptions.lock().await;
+        self.router.each(|l| l.accept(serial));
+        let channels = self.router.channels();
+        if !channels.is_empty() {
+            conn.subscribe(channels).await?;
+        }
+        let loads = self.scripts.iter().map(|script| {
             let mut conn = conn.clone();
             async move { script.load_async(&mut conn).await }
         });
@@ -234,10 +434,12 @@ impl Link {
     fn retire(&self, serial: u64) -> bool {
         if self.is_current(serial) {
             self.current.store(None);
-            self.bus.retire(serial);
+            self.router.each(|l| l.retire(serial));
             true
         } else {
-            false
+            // The lazy start's first request (`u64::MAX`): nothing is
+            // current yet, and a connection must be made.
+            serial == u64::MAX && self.current.load().is_none()
         }
     }
 }
@@ -252,7 +454,7 @@ impl Link {
 /// whose peer vanished without a reset would go unnoticed, and with it every
 /// change notice, until the L1 copies expire. The `PING`s go through
 /// `Link::check` like any call: a streak of timeouts replaces the connection.
-async fn reconnect_task(link: Weak<Link>, mut lost: mpsc::UnboundedReceiver<u64>, bus: Arc<Bus>) {
+async fn reconnect_task(link: Weak<Link>, mut lost: mpsc::UnboundedReceiver<u64>) {
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -277,19 +479,18 @@ async fn reconnect_task(link: Weak<Link>, mut lost: mpsc::UnboundedReceiver<u64>
             }
         };
         match link.upgrade() {
-            Some(l) if l.retire(serial) => {}
+            Some(l) if l.retire(serial) => l.router.each(|l| l.lost()),
             Some(_) => continue,
             None => return,
         }
-        bus.wake_all();
         loop {
             let Some(l) = link.upgrade() else { return };
             if l.connect().await.is_ok() {
+                l.router.each(|l| l.reconnected());
                 break;
             }
             drop(l);
             tokio::time::sleep(RETRY_EVERY).await;
         }
-        bus.reconnected();
     }
 }

@@ -21,10 +21,11 @@
 //! small (`INLINE_MAX`): other processes then put the new value straight
 //! into L1 and their waiters wake with it in hand, with no second GET.
 
-use redis::{PushInfo, PushKind, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
+
+use crate::shared::link::Listener;
 
 /// What a notice announces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -379,21 +380,6 @@ impl Bus {
         let _ = self.on_event.set(on_event);
     }
 
-    /// What connection `serial` does with each push (`link.rs` wraps it).
-    /// Runs in the connection's own task, in the order the pushes and
-    /// replies arrive: must not block.
-    pub(crate) fn sender(
-        self: &Arc<Self>,
-        serial: u64,
-    ) -> impl Fn(PushInfo) + Send + Sync + 'static {
-        let bus = self.clone();
-        move |push: PushInfo| {
-            if push.kind == PushKind::Message {
-                bus.apply(&push, serial);
-            }
-        }
-    }
-
     /// From now on, notices are taken from connection `serial` only. Called
     /// before it subscribes, so the writes that have returned by now can
     /// get no notice on it (theirs were published before it subscribed, and
@@ -418,10 +404,7 @@ impl Bus {
     /// task. L1 is updated *before* waiters are woken, so a woken waiter
     /// finds the new value there, and its own L1 insert is never undone by
     /// the notice that woke it.
-    fn apply(&self, push: &PushInfo, serial: u64) {
-        let Some(Value::BulkString(payload)) = push.data.get(1) else {
-            return;
-        };
+    fn apply(&self, payload: &[u8], serial: u64) {
         let Some(notice) = Notice::decode(payload) else {
             return;
         };
@@ -457,6 +440,29 @@ impl Bus {
             NoticeKind::Cleared => self.waiters.wake_all(),
             NoticeKind::Changed => {}
         }
+    }
+}
+
+/// The bus listens on its namespace's channel of the client's connection.
+impl Listener for Bus {
+    fn message(&self, payload: &[u8], serial: u64) {
+        self.apply(payload, serial);
+    }
+
+    fn accept(&self, serial: u64) {
+        Bus::accept(self, serial);
+    }
+
+    fn retire(&self, serial: u64) {
+        Bus::retire(self, serial);
+    }
+
+    fn lost(&self) {
+        self.wake_all();
+    }
+
+    fn reconnected(&self) {
+        Bus::reconnected(self);
     }
 }
 
@@ -508,14 +514,8 @@ mod tests {
         assert!(!bus.pending().blocks("x"));
     }
 
-    fn message(payload: Vec<u8>) -> PushInfo {
-        PushInfo {
-            kind: PushKind::Message,
-            data: vec![
-                Value::BulkString(b"hc:bus:ns".to_vec()),
-                Value::BulkString(payload),
-            ],
-        }
+    fn message(payload: Vec<u8>) -> Vec<u8> {
+        payload
     }
 
     #[test]

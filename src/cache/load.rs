@@ -23,15 +23,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cache::{Decoded, Inner};
+use crate::cache::envelope::Header;
+use crate::cache::handle::{Decoded, Inner};
+use crate::cache::keys::RedisKeys;
+use crate::cache::local::{Flight, Outcome};
+use crate::cache::rebuild::run_loader;
+use crate::cache::remote::Probe;
+use crate::cache::stats::Counters;
 use crate::codec::Codec;
-use crate::envelope::Header;
 use crate::error::{Error, ErrorKind};
-use crate::keys::RedisKeys;
-use crate::local::{Flight, Outcome};
-use crate::lock::{new_token, run_loader};
-use crate::remote::Probe;
-use crate::stats::Counters;
+use crate::shared::new_token;
 
 /// A loader: `FnOnce() -> impl Future<Output = Result<V, E>>`, runnable in
 /// its own task. One name for the bounds every load function repeats.
@@ -117,7 +118,12 @@ where
 
             let probe = match self
                 .remote
-                .get_or_lock(&keys, &token, cfg.lock_ttl, crate::envelope::now_ms())
+                .get_or_lock(
+                    &keys,
+                    &token,
+                    cfg.lock_ttl,
+                    crate::cache::envelope::now_ms(),
+                )
                 .await
             {
                 Ok(probe) => probe,

@@ -7,19 +7,19 @@
 //! and needs no timer of ours (the connection never makes a call wait for a
 //! reconnect: `link.rs`). A script can take three round trips (`EVALSHA`,
 //! then `SCRIPT LOAD` and `EVALSHA` again after a Redis restart), so it is
-//! bounded as a whole by [`bounded`].
+//! bounded as a whole (`shared/server.rs`).
 
 use redis::{Cmd, FromRedisValue, RedisResult, ScriptInvocation, Value};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::breaker::Breaker;
-use crate::keys::{Layout, RedisKeys};
-use crate::link::Link;
-use crate::notify::{Notice, NoticeKind};
-use crate::scripts;
-use crate::stats::Counters;
+use crate::cache::keys::{Layout, RedisKeys};
+use crate::cache::notify::{Notice, NoticeKind};
+use crate::cache::scripts;
+use crate::cache::stats::Counters;
+use crate::shared::scripts as shared_scripts;
+use crate::shared::server::{Server, breaker_open};
 
 /// What the read-or-lock probe found.
 #[derive(Debug)]
@@ -36,26 +36,10 @@ pub(crate) enum Probe {
 }
 
 pub(crate) struct Remote {
-    link: Arc<Link>,
+    server: Arc<Server>,
     layout: Layout,
     origin: u64,
-    timeout: Duration,
-    breaker: Breaker,
     stats: Arc<Counters>,
-}
-
-/// Bounds a multi-round-trip Redis call by `limit` as a whole.
-pub(crate) async fn bounded<T>(
-    limit: Duration,
-    call: impl Future<Output = RedisResult<T>>,
-) -> RedisResult<T> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(result) => result,
-        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer from Redis within {limit:?}"),
-        ))),
-    }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -64,19 +48,15 @@ fn ms(d: Duration) -> u64 {
 
 impl Remote {
     pub(crate) fn new(
-        link: Arc<Link>,
+        server: Arc<Server>,
         layout: Layout,
         origin: u64,
-        timeout: Duration,
-        breaker_cooldown: Duration,
         stats: Arc<Counters>,
     ) -> Self {
         Remote {
-            link,
+            server,
             layout,
             origin,
-            timeout,
-            breaker: Breaker::new(breaker_cooldown),
             stats,
         }
     }
@@ -84,34 +64,24 @@ impl Remote {
     /// Every call goes through here: refused at once while the breaker is
     /// open, and its outcome recorded.
     async fn call<T>(&self, call: impl Future<Output = RedisResult<T>>) -> RedisResult<T> {
-        if !self.breaker.admit() {
+        let breaker = &self.server.breaker;
+        if !breaker.admit() {
             Counters::bump(&self.stats.breaker_rejections);
-            return Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::NotConnected,
-                "Redis is unreachable (circuit breaker open)",
-            )));
+            return Err(breaker_open());
         }
         let result = call.await;
-        self.breaker.record(&result);
+        breaker.record(&result);
         result
     }
 
     /// One command, bounded by the connection's response timeout.
     async fn command<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
-        self.call(self.link.query(cmd)).await
+        self.call(self.server.raw_command(cmd)).await
     }
 
-    /// One script, bounded by `redis_timeout` as a whole. The connection is
-    /// checked on the bounded result: when our bound fires first (on a
-    /// second or third round trip), the call's own timeout never does.
+    /// One script, bounded by `redis_timeout` as a whole.
     async fn script<T: FromRedisValue>(&self, script: &ScriptInvocation<'_>) -> RedisResult<T> {
-        self.call(async {
-            let mut conn = self.link.get()?;
-            let result = bounded(self.timeout, script.invoke_async(&mut conn.conn)).await;
-            self.link.check(&conn, &result);
-            result
-        })
-        .await
+        self.call(self.server.raw_script(script)).await
     }
 
     pub(crate) fn keys(&self, key: &str) -> RedisKeys {
@@ -201,7 +171,7 @@ impl Remote {
     ) -> RedisResult<Option<Duration>> {
         let pttl: i64 = self
             .script(
-                scripts::TRY_LOCK
+                shared_scripts::TRY_LOCK
                     .key(&keys.lock)
                     .arg(token)
                     .arg(ms(lock_ttl)),
@@ -217,7 +187,12 @@ impl Remote {
         lock_ttl: Duration,
     ) -> RedisResult<bool> {
         let n: i64 = self
-            .script(scripts::EXTEND.key(&keys.lock).arg(token).arg(ms(lock_ttl)))
+            .script(
+                shared_scripts::EXTEND
+                    .key(&keys.lock)
+                    .arg(token)
+                    .arg(ms(lock_ttl)),
+            )
             .await?;
         Ok(n == 1)
     }
@@ -253,7 +228,7 @@ impl Remote {
     ) -> RedisResult<bool> {
         let n: i64 = self
             .script(
-                scripts::RELEASE
+                shared_scripts::RELEASE
                     .key(&keys.lock)
                     .arg(token)
                     .arg(self.layout.channel())

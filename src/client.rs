@@ -1,0 +1,264 @@
+//! [`Client`]: one per process. It owns the one Redis connection (with its
+//! heartbeat and reconnect task), the circuit breaker, and the pub/sub
+//! subscription every tool listens on; caches and locks are made from it.
+
+use redis::ProtocolVersion;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::builder::CacheBuilder;
+use crate::codec::DefaultCodec;
+use crate::error::{Error, ErrorKind};
+use crate::lock::Lock;
+use crate::lock::queue::Queues;
+use crate::shared::breaker::Breaker;
+use crate::shared::link::Link;
+use crate::shared::server::Server;
+
+/// The shared handle to one Redis: make one per process with
+/// [`Client::connect`], then make caches ([`cache`](Self::cache)) and locks
+/// ([`lock`](Self::lock)) from it. However many of them there are, the
+/// process holds one multiplexed connection to Redis.
+///
+/// Cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) server: Arc<Server>,
+    /// The lock names some task of this process acquires or holds.
+    pub(crate) locks: Arc<Queues>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("redis_timeout", &self.server.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Target {
+    Url(String),
+    Redis(redis::Client),
+}
+
+/// Builds a [`Client`]; start with [`Client::builder`] or
+/// [`Client::from_redis`].
+#[must_use = "a builder does nothing until .connect().await"]
+pub struct ClientBuilder {
+    target: Target,
+    redis_timeout: Duration,
+    breaker_cooldown: Duration,
+    lazy: bool,
+}
+
+/// Defaults shared with [`CacheBuilder`]'s private client.
+pub(crate) const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_millis(250);
+
+impl Client {
+    /// Connects to the Redis at `url` (`redis://[user:password@]host:port/db`)
+    /// with the default settings. Redis 6 or newer (RESP3).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] for a URL that does not parse;
+    /// [`ErrorKind::Redis`] if Redis cannot be reached (or refuses the
+    /// credentials) within `redis_timeout` (500 ms). To start while Redis is
+    /// down, use [`ClientBuilder::connect_lazy`].
+    pub async fn connect(url: &str) -> Result<Client, Error> {
+        Client::builder(url).connect().await
+    }
+
+    /// A builder for a client of the Redis at `url`.
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(Target::Url(url.into()))
+    }
+
+    /// A builder from a `redis::Client`, for settings a URL cannot carry.
+    /// The connection uses RESP3 whatever the client says (push messages
+    /// need it).
+    pub fn from_redis(client: redis::Client) -> ClientBuilder {
+        ClientBuilder::new(Target::Redis(client))
+    }
+
+    /// A builder for a [`Cache`](crate::Cache) of `V` under `namespace`, on
+    /// this client's connection. The same builder as
+    /// [`Cache::builder`](crate::Cache::builder), less the connection
+    /// settings, which are the client's.
+    pub fn cache<V>(&self, namespace: impl Into<String>) -> CacheBuilder<V, DefaultCodec> {
+        CacheBuilder::new(namespace.into()).shared(self.clone())
+    }
+
+    /// A distributed lock named `name`, fenced, renewed and woken by
+    /// notification (see [`Lock`]). Cheap: nothing is sent until it is
+    /// acquired. A bad name is reported by `acquire`, not here.
+    pub fn lock(&self, name: impl Into<String>) -> Lock {
+        Lock::new(self.clone(), name.into())
+    }
+
+    /// The bound on every Redis call made through this client.
+    pub fn redis_timeout(&self) -> Duration {
+        self.server.timeout
+    }
+}
+
+impl ClientBuilder {
+    fn new(target: Target) -> Self {
+        ClientBuilder {
+            target,
+            redis_timeout: DEFAULT_REDIS_TIMEOUT,
+            breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
+            lazy: false,
+        }
+    }
+
+    /// The longest any single Redis command (or connection attempt) may
+    /// take. Default 500 ms. Past it the call counts as failed: cache reads
+    /// fall back to the loader, writes and lock calls return
+    /// [`ErrorKind::Redis`].
+    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.redis_timeout = timeout;
+        self
+    }
+
+    /// After Redis fails at the connection level, calls skip Redis for this
+    /// long (the circuit breaker is open), then one call probes it. Default
+    /// 250 ms: a Redis that comes back is used again within well under a
+    /// second, and an outage costs each call no more than a failed-fast
+    /// check.
+    pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// Start even if Redis is down: `connect` returns at once and the
+    /// connection is made in the background (retried every 50 ms). Until it
+    /// is up every tool behaves as in an outage: caches serve from L1 and
+    /// the loader, locks and writes fail with [`ErrorKind::Redis`]. Default
+    /// off: a mistyped URL or a missing Redis is then an error at start-up,
+    /// where it is noticed, rather than a service that silently runs
+    /// uncached. Turn it on where start-up order is not guaranteed
+    /// (compose, Kubernetes). The URL is still checked at once.
+    pub fn connect_lazy(mut self, lazy: bool) -> Self {
+        self.lazy = lazy;
+        self
+    }
+
+    /// Connects (or, with [`connect_lazy`](Self::connect_lazy), starts
+    /// connecting). Must run inside a Tokio runtime; the connection's task
+    /// lives on that runtime.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] for a bad URL or setting; [`ErrorKind::Redis`]
+    /// if Redis cannot be reached or refuses the credentials within
+    /// `redis_timeout` (not with `connect_lazy`).
+    pub async fn connect(self) -> Result<Client, Error> {
+        if self.redis_timeout.is_zero() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "redis_timeout must be above zero",
+            ));
+        }
+        let client = match self.target {
+            Target::Url(url) => redis::Client::open(url.as_str()).map_err(|e| {
+                Error::with_source(ErrorKind::Config, format!("bad Redis URL {url:?}"), e)
+            })?,
+            Target::Redis(client) => client,
+        };
+        // Push messages need RESP3; force it rather than make users remember.
+        let info = client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))
+            .map_err(|e| Error::with_source(ErrorKind::Config, "Redis client", e))?;
+        let link = Link::open(client, self.redis_timeout, all_scripts(), self.lazy)
+            .await
+            .map_err(|e| Error::redis("connect", e))?;
+        let server = Arc::new(Server {
+            link,
+            breaker: Breaker::new(self.breaker_cooldown),
+            timeout: self.redis_timeout,
+        });
+        tokio::spawn(warn_if_evicting(Arc::downgrade(&server)));
+        Ok(Client {
+            server,
+            locks: Arc::default(),
+        })
+    }
+}
+
+/// Every script of every tool, loaded into each new connection's Redis so
+/// the first call of each does not pay a `NOSCRIPT` round trip.
+fn all_scripts() -> Vec<&'static redis::Script> {
+    let shared = crate::shared::scripts::all();
+    let cache = crate::cache::scripts::all();
+    let lock = crate::lock::scripts::all();
+    shared.into_iter().chain(cache).chain(lock).collect()
+}
+
+/// Locks (and, later, stock and queues) are state, not cache: a Redis that
+/// evicts keys may drop a lock key, and a dropped lock key is two holders.
+/// Warns once, when the first connection is up, if Redis says it may evict.
+/// Says nothing when `CONFIG GET` is refused (a narrow ACL user).
+async fn warn_if_evicting(server: std::sync::Weak<Server>) {
+    for _ in 0..600 {
+        let Some(server) = server.upgrade() else {
+            return;
+        };
+        let reply: redis::RedisResult<HashMap<String, String>> = server
+            .raw_command(redis::cmd("CONFIG").arg("GET").arg("maxmemory*"))
+            .await;
+        match reply {
+            Ok(config) => {
+                if let Some(policy) = eviction_risk(&config) {
+                    tracing::warn!(
+                        policy,
+                        "Redis may evict keys (maxmemory is set and maxmemory-policy is {policy}): \
+                         herdcache's locks are state, and an evicted lock key lets two holders in. \
+                         Use `noeviction`, or a separate Redis for locks"
+                    );
+                }
+                return;
+            }
+            // Not connected yet (a lazy start, or an outage): ask later.
+            Err(e) if crate::shared::breaker::is_outage(&e) => {}
+            // Refused (ACL) or not understood: say nothing.
+            Err(_) => return,
+        }
+        drop(server);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The evicting policy named in a `CONFIG GET maxmemory*` reply, if keys
+/// with a TTL (lock keys have one) may be evicted.
+fn eviction_risk(config: &HashMap<String, String>) -> Option<&str> {
+    let limited = config.get("maxmemory").is_some_and(|m| m != "0");
+    let policy = config.get("maxmemory-policy")?;
+    (limited && policy != "noeviction").then_some(policy.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(maxmemory: &str, policy: &str) -> HashMap<String, String> {
+        [("maxmemory", maxmemory), ("maxmemory-policy", policy)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn only_a_limited_evicting_redis_is_a_risk() {
+        assert_eq!(eviction_risk(&pairs("0", "allkeys-lru")), None);
+        assert_eq!(eviction_risk(&pairs("100mb", "noeviction")), None);
+        assert_eq!(
+            eviction_risk(&pairs("100mb", "volatile-lru")),
+            Some("volatile-lru")
+        );
+        assert_eq!(eviction_risk(&HashMap::new()), None);
+    }
+}

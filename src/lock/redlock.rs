@@ -1,0 +1,492 @@
+//! [`Redlock`]: one lock over N independent Redis masters, held while a
+//! majority of them hold it.
+//!
+//! Acquisition sends `SET NX PX` to every master at once (one round trip,
+//! not N), each bounded by a short per-node timeout, and succeeds only with
+//! a majority and a positive validity: `lease - elapsed - drift`, with
+//! `drift = lease/100 + 2 ms`. Otherwise it releases what it took
+//! everywhere and tries again after a random pause (so competing clients
+//! do not keep splitting the votes) or the release notice of any master,
+//! until the deadline. The watchdog renews on every master and keeps the
+//! lease only while a majority confirms it.
+//!
+//! **No fencing token.** A counter on N independent masters has no single
+//! order: two masters may issue the same number, and a majority's numbers
+//! need not increase across holders. Kleppmann ("How to do distributed
+//! locking", 2016) argues that without fencing a paused holder can still
+//! corrupt the resource, and that Redlock's safety rests on bounded clock
+//! drift and pauses; antirez's reply ("Is Redlock safe?") answers that the
+//! drift bound is explicit and that a resource able to check tokens can
+//! usually check a unique random token instead. Both agree on the
+//! practical rule: where correctness depends on the lock (money, stock,
+//! writes that must not interleave), use the single-instance
+//! [`Lock`](crate::Lock) with its [`fencing_token`](crate::LockGuard::fencing_token)
+//! and have the resource refuse stale tokens; use `Redlock` where the lock
+//! is an efficiency measure that must survive the loss of a minority of
+//! masters.
+
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+use crate::client::Client;
+use crate::error::{Error, ErrorKind};
+use crate::lock::keys::LockKeys;
+use crate::lock::lease::{Holder, Lease, Renewal, drift};
+use crate::lock::queue::Queues;
+use crate::lock::single::{DEFAULT_LEASE, MIN_LEASE, POLL_MAX};
+use crate::shared::new_token;
+use crate::shared::scripts::{EXTEND, RELEASE, TRY_LOCK};
+
+/// The default bound on each master's answer: a master slower than this
+/// counts as a "no" for that attempt.
+pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Locks held on a majority of independent Redis masters.
+#[derive(Clone)]
+pub struct Redlock {
+    inner: Arc<RedlockInner>,
+}
+
+struct RedlockInner {
+    masters: Vec<Client>,
+    quorum: usize,
+    queues: Arc<Queues>,
+}
+
+impl std::fmt::Debug for Redlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redlock")
+            .field("masters", &self.inner.masters.len())
+            .field("quorum", &self.inner.quorum)
+            .finish()
+    }
+}
+
+/// Builds a [`Redlock`]; start with [`Redlock::builder`].
+#[must_use = "a builder does nothing until .connect().await"]
+pub struct RedlockBuilder {
+    urls: Vec<String>,
+    node_timeout: Duration,
+    lazy: bool,
+}
+
+/// One lock name over a [`Redlock`]'s masters; the same surface as
+/// [`Lock`](crate::Lock), less the fencing token.
+#[derive(Clone, Debug)]
+pub struct RedlockLock {
+    redlock: Redlock,
+    name: Arc<str>,
+    lease: Duration,
+}
+
+/// A [`RedlockLock`] held on a majority of masters.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct RedlockGuard {
+    lease: Lease<Majority>,
+    name: Arc<str>,
+}
+
+impl std::fmt::Debug for RedlockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedlockGuard")
+            .field("name", &self.name)
+            .field("held", &self.is_held())
+            .finish()
+    }
+}
+
+struct Majority {
+    masters: Vec<Client>,
+    quorum: usize,
+    keys: LockKeys,
+    token: String,
+    lease: Duration,
+}
+
+fn ms(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+impl Majority {
+    /// Runs `TRY_LOCK` (`-1` taken, else pttl) on every master at once:
+    /// (taken, answered, longest pttl among holders).
+    async fn take(&self) -> (usize, usize, Duration) {
+        let calls = self.masters.iter().map(|m| async {
+            let mut inv = TRY_LOCK.prepare_invoke();
+
+            inv.key(&self.keys.lock)
+                .arg(&self.token)
+                .arg(ms(self.lease));
+            m.server.script::<i64>(&inv).await
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        let mut taken = 0;
+        let mut answered = 0;
+        let mut pttl = Duration::ZERO;
+        for a in answers.into_iter().flatten() {
+            answered += 1;
+            if a < 0 {
+                taken += 1;
+            } else {
+                pttl = pttl.max(Duration::from_millis(a as u64));
+            }
+        }
+        (taken, answered, pttl)
+    }
+}
+
+impl Holder for Majority {
+    async fn renew(&self) -> Renewal {
+        let calls = self.masters.iter().map(|m| async {
+            let mut inv = EXTEND.prepare_invoke();
+
+            inv.key(&self.keys.lock)
+                .arg(&self.token)
+                .arg(ms(self.lease));
+            m.server.script::<i64>(&inv).await
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        let renewed = answers.iter().filter(|a| matches!(a, Ok(1))).count();
+        let unknown = answers.iter().filter(|a| a.is_err()).count();
+        if renewed >= self.quorum {
+            Renewal::Renewed
+        } else if renewed + unknown < self.quorum {
+            // Too many masters answered that the key is not ours any more.
+            Renewal::NotHeld
+        } else {
+            Renewal::Unknown
+        }
+    }
+
+    async fn release(&self) -> Result<bool, Error> {
+        let calls = self.masters.iter().map(|m| async {
+            let mut inv = RELEASE.prepare_invoke();
+
+            inv.key(&self.keys.lock)
+                .arg(&self.token)
+                .arg(&self.keys.channel)
+                .arg("r");
+            m.server.script::<i64>(&inv).await
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        let released = answers.iter().filter(|a| matches!(a, Ok(1))).count();
+        let answered = answers.iter().filter(|a| a.is_ok()).count();
+        if answered < self.quorum {
+            return Err(Error::new(
+                ErrorKind::NoQuorum,
+                format!(
+                    "release: {answered} of {} masters answered; {} needed",
+                    self.masters.len(),
+                    self.quorum
+                ),
+            ));
+        }
+        Ok(released >= self.quorum)
+    }
+}
+
+impl Redlock {
+    /// Connects to every master (`redis://` URLs of independent Redis
+    /// servers: not replicas of each other) with the default settings.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] for no URL or a bad one; [`ErrorKind::NoQuorum`]
+    /// if fewer than a majority can be reached within the node timeout.
+    pub async fn connect<S: AsRef<str>>(urls: &[S]) -> Result<Redlock, Error> {
+        Redlock::builder(urls).connect().await
+    }
+
+    /// A builder over these masters.
+    pub fn builder<S: AsRef<str>>(urls: &[S]) -> RedlockBuilder {
+        RedlockBuilder {
+            urls: urls.iter().map(|u| u.as_ref().to_owned()).collect(),
+            node_timeout: DEFAULT_NODE_TIMEOUT,
+            lazy: false,
+        }
+    }
+
+    /// A lock named `name` over the masters. Nothing is sent until it is
+    /// acquired; a bad name is reported by `acquire`.
+    pub fn lock(&self, name: impl Into<String>) -> RedlockLock {
+        RedlockLock {
+            redlock: self.clone(),
+            name: name.into().into(),
+            lease: DEFAULT_LEASE,
+        }
+    }
+
+    /// How many masters must agree: a strict majority.
+    pub fn quorum(&self) -> usize {
+        self.inner.quorum
+    }
+}
+
+impl RedlockBuilder {
+    /// The bound on each master's answer (and each connection attempt).
+    /// Default 100 ms: far below a lease, so one slow master costs an
+    /// attempt little of its validity; above a loopback or LAN round trip.
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.node_timeout = timeout;
+        self
+    }
+
+    /// Return even if fewer than a majority of masters are up; they are
+    /// connected in the background. Default off.
+    pub fn connect_lazy(mut self, lazy: bool) -> Self {
+        self.lazy = lazy;
+        self
+    }
+
+    /// Connects to every master.
+    ///
+    /// # Errors
+    /// As [`Redlock::connect`].
+    pub async fn connect(self) -> Result<Redlock, Error> {
+        if self.urls.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "Redlock needs at least one master",
+            ));
+        }
+        // Each master is connected lazily: a minority that is down must not
+        // stop the others, and comes into use when it is back.
+        let connects = self.urls.iter().map(|url| {
+            Client::builder(url.clone())
+                .redis_timeout(self.node_timeout)
+                .connect_lazy(true)
+                .connect()
+        });
+        let masters: Vec<Client> = futures_util::future::try_join_all(connects).await?;
+        let quorum = masters.len() / 2 + 1;
+        if !self.lazy {
+            let deadline = Instant::now() + self.node_timeout.max(Duration::from_millis(200));
+            loop {
+                let up = masters
+                    .iter()
+                    .filter(|m| m.server.link.get().is_ok())
+                    .count();
+                if up >= quorum {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(Error::new(
+                        ErrorKind::NoQuorum,
+                        format!(
+                            "{up} of {} masters reachable; {quorum} needed",
+                            masters.len()
+                        ),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        Ok(Redlock {
+            inner: Arc::new(RedlockInner {
+                masters,
+                quorum,
+                queues: Arc::default(),
+            }),
+        })
+    }
+}
+
+impl RedlockLock {
+    /// As [`Lock::lease`](crate::Lock::lease). Default 10 s.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Waits until a majority of masters grant the lock.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidKey`] / [`ErrorKind::Config`] for a bad name or
+    /// lease; [`ErrorKind::NoQuorum`] at once when fewer than a majority of
+    /// masters answer.
+    ///
+    /// # Cancel safety
+    /// Dropping the future gives up the wait; what an attempt in flight
+    /// took on some masters runs out with its lease.
+    pub async fn acquire(&self) -> Result<RedlockGuard, Error> {
+        self.acquire_until(None).await
+    }
+
+    /// [`acquire`](Self::acquire), giving up after `timeout` with
+    /// [`ErrorKind::LockTimeout`].
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire), and [`ErrorKind::LockTimeout`].
+    ///
+    /// # Cancel safety
+    /// As [`acquire`](Self::acquire).
+    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<RedlockGuard, Error> {
+        self.acquire_until(Some(Instant::now() + timeout)).await
+    }
+
+    /// One attempt: `Ok(None)` if it is held by another (or the vote split).
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    /// As [`acquire`](Self::acquire).
+    pub async fn try_acquire(&self) -> Result<Option<RedlockGuard>, Error> {
+        let majority = self.majority()?;
+        let queue = self.redlock.inner.queues.enter(&self.name);
+        let Ok(permit) = queue.queue.permit.clone().try_acquire_owned() else {
+            return Ok(None);
+        };
+        match self.attempt(&majority).await? {
+            Ok(validity_from) => Ok(Some(self.guard(
+                majority,
+                validity_from,
+                Box::new((permit, queue)),
+            ))),
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn majority(&self) -> Result<Majority, Error> {
+        let keys = LockKeys::new(&self.name)?;
+        if self.lease < MIN_LEASE {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("lease is {:?}; the shortest is {MIN_LEASE:?}", self.lease),
+            ));
+        }
+        let inner = &self.redlock.inner;
+        Ok(Majority {
+            masters: inner.masters.clone(),
+            quorum: inner.quorum,
+            keys,
+            token: new_token(),
+            lease: self.lease,
+        })
+    }
+
+    /// One round: `Ok(Ok((sent, validity)))` if a majority granted it in
+    /// time; `Ok(Err(pttl))` if not (what was taken is released again).
+    async fn attempt(
+        &self,
+        majority: &Majority,
+    ) -> Result<Result<(Instant, Duration), Duration>, Error> {
+        let sent = Instant::now();
+        let (taken, answered, pttl) = majority.take().await;
+        let validity = self
+            .lease
+            .checked_sub(sent.elapsed() + drift(self.lease))
+            .unwrap_or_default();
+        if taken >= majority.quorum && !validity.is_zero() {
+            return Ok(Ok((sent, validity)));
+        }
+        if taken > 0 {
+            // Taken on a minority (or too late): give those back at once.
+            let _ = majority.release().await;
+        }
+        if answered < majority.quorum {
+            return Err(Error::new(
+                ErrorKind::NoQuorum,
+                format!(
+                    "lock {:?}: {answered} of {} masters answered; {} needed",
+                    self.name,
+                    majority.masters.len(),
+                    majority.quorum
+                ),
+            ));
+        }
+        Ok(Err(pttl))
+    }
+
+    async fn acquire_until(&self, deadline: Option<Instant>) -> Result<RedlockGuard, Error> {
+        let majority = self.majority()?;
+        let queue = self.redlock.inner.queues.enter(&self.name);
+        let timed_out = || {
+            Error::new(
+                ErrorKind::LockTimeout,
+                format!("lock {:?} not granted by a majority in time", self.name),
+            )
+        };
+        let permit = queue.queue.permit.clone().acquire_owned();
+        let permit = match deadline {
+            Some(d) => tokio::time::timeout_at(d, permit)
+                .await
+                .map_err(|_| timed_out())?,
+            None => permit.await,
+        }
+        .expect("the queue's semaphore is never closed");
+        let links: Vec<_> = majority.masters.iter().map(|m| &m.server.link).collect();
+        let mut poll = Duration::from_millis(20);
+        let wake_on = queue.queue.wake.clone();
+        loop {
+            let wake = wake_on.notify.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            let pttl = match self.attempt(&majority).await? {
+                Ok(validity_from) => {
+                    return Ok(self.guard(majority, validity_from, Box::new((permit, queue))));
+                }
+                Err(pttl) => pttl,
+            };
+            if queue.queue.listen(&links, &majority.keys.channel).await {
+                continue;
+            }
+            // A split vote (nobody holds a majority: pttl 0 on some) is
+            // retried after a random pause, so competing clients do not
+            // keep splitting it; a held lock is waited for by notice, its
+            // lease's end, or the fallback poll.
+            let jitter = Duration::from_millis(fastrand::u64(1..=20));
+            let wait = if pttl.is_zero() {
+                jitter
+            } else {
+                (pttl + Duration::from_millis(1)).min(poll) + jitter
+            };
+            poll = (poll * 2).min(POLL_MAX);
+            let deadline = deadline.unwrap_or(Instant::now() + Duration::from_secs(86_400 * 365));
+            tokio::select! {
+                _ = &mut wake => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep_until(deadline) => return Err(timed_out()),
+            }
+        }
+    }
+
+    fn guard(
+        &self,
+        majority: Majority,
+        (sent, validity): (Instant, Duration),
+        keep: Box<dyn Send>,
+    ) -> RedlockGuard {
+        RedlockGuard {
+            lease: Lease::start(majority, self.lease, sent, validity, keep),
+            name: self.name.clone(),
+        }
+    }
+}
+
+impl RedlockGuard {
+    /// As [`LockGuard::lost`](crate::LockGuard::lost): completes when a
+    /// majority could not confirm the lease before its validity ran out.
+    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.lease.lost()
+    }
+
+    /// Whether the lease is still known to be held by a majority.
+    pub fn is_held(&self) -> bool {
+        self.lease.is_held()
+    }
+
+    /// How long the lease is known to run from now (zero once lost).
+    pub fn remaining(&self) -> Duration {
+        self.lease.remaining()
+    }
+
+    /// Releases on every master; `Ok(true)` if a majority still held it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NoQuorum`] if fewer than a majority answered (the rest
+    /// runs out with the lease).
+    pub async fn release(self) -> Result<bool, Error> {
+        self.lease.release().await
+    }
+}

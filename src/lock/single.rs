@@ -1,0 +1,417 @@
+//! [`Lock`] and [`LockGuard`]: a fenced lock on one Redis (or one master
+//! with its replicas), renewed by a watchdog and woken by notification.
+
+use redis::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+use crate::client::Client;
+use crate::error::{Error, ErrorKind};
+use crate::lock::keys::LockKeys;
+use crate::lock::lease::{Holder, Lease, Renewal, drift};
+use crate::lock::queue::QueueRef;
+use crate::lock::scripts::ACQUIRE;
+use crate::shared::new_token;
+use crate::shared::scripts::{EXTEND, RELEASE};
+use crate::shared::server::Server;
+
+/// The lease of a lock taken with no [`Lock::lease`]: 10 s. A holder that
+/// crashes blocks the name for at most this long; a live holder keeps it
+/// for as long as it needs, because the watchdog renews it every lease/3.
+/// Shorter recovers from crashes sooner, but a Redis that stalls for more
+/// than about two thirds of it makes the holder's lease lost.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+/// The shortest lease accepted: the watchdog must get a renewal through in
+/// a third of it.
+pub const MIN_LEASE: Duration = Duration::from_millis(30);
+
+/// The first and the longest interval of the fallback poll of a waiter
+/// (notices normally wake it long before).
+pub(crate) const POLL_MIN: Duration = Duration::from_millis(20);
+pub(crate) const POLL_MAX: Duration = Duration::from_millis(250);
+
+/// A distributed lock named by a string, on a [`Client`]'s Redis.
+///
+/// Cheap to clone; nothing is sent until it is acquired. Every acquisition
+/// returns a [`LockGuard`] with a **fencing token** that increases strictly
+/// for the name across the fleet, a watchdog that renews the lease while
+/// the guard lives, and a [`lost`](LockGuard::lost) signal.
+///
+/// Fairness: inside one process, acquirers of one name are served in the
+/// order they called (a FIFO queue; only its head talks to Redis). Across
+/// processes there is no order: when the lock is released, the heads of
+/// every process's queue are woken by the release notice and race for it,
+/// and a process whose own task released it may win again. No process
+/// starves for long in practice (the race is decided by who is woken
+/// first), but nothing bounds it.
+#[derive(Clone, Debug)]
+pub struct Lock {
+    client: Client,
+    name: Arc<str>,
+    lease: Duration,
+}
+
+/// A held [`Lock`]. Release it with [`release`](Self::release); a guard
+/// dropped without it is released in the background at once.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct LockGuard {
+    lease: Lease<Single>,
+    fence: u64,
+    name: Arc<str>,
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("name", &self.name)
+            .field("fencing_token", &self.fence)
+            .field("held", &self.is_held())
+            .finish()
+    }
+}
+
+/// One Redis's part of a lease: what the watchdog and release need.
+struct Single {
+    server: Arc<Server>,
+    keys: Arc<LockKeys>,
+    token: String,
+    lease: Duration,
+}
+
+fn ms(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+/// How long a fence key outlives the last acquisition of its name. Past
+/// it the counter is gone and the clock floor alone keeps tokens
+/// increasing (see `scripts.rs`), so a name used once does not stay in
+/// Redis forever.
+const FENCE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+impl Holder for Single {
+    async fn renew(&self) -> Renewal {
+        let mut inv = EXTEND.prepare_invoke();
+
+        inv.key(&self.keys.lock)
+            .arg(&self.token)
+            .arg(ms(self.lease));
+        match self.server.script::<i64>(&inv).await {
+            Ok(1) => Renewal::Renewed,
+            Ok(_) => Renewal::NotHeld,
+            Err(_) => Renewal::Unknown,
+        }
+    }
+
+    async fn release(&self) -> Result<bool, Error> {
+        let mut inv = RELEASE.prepare_invoke();
+
+        inv.key(&self.keys.lock)
+            .arg(&self.token)
+            .arg(&self.keys.channel)
+            .arg("r");
+        let n: i64 = self
+            .server
+            .script(&inv)
+            .await
+            .map_err(|e| Error::redis("release lock", e))?;
+        Ok(n == 1)
+    }
+}
+
+/// What one attempt found.
+enum Attempt {
+    Taken { fence: u64, sent: Instant },
+    Held { pttl: Duration },
+}
+
+/// Releases a lock whose acquisition was sent but whose answer was never
+/// read (the caller's future was dropped mid-call): if the script did take
+/// it, nobody would hold a guard, and the name would stay locked for a
+/// whole lease. Disarmed once the answer is in hand.
+struct InFlight<'a> {
+    single: Option<(&'a Arc<Server>, &'a Arc<LockKeys>, &'a str)>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some((server, keys, token)) = self.single.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let single = Single {
+                server: server.clone(),
+                keys: keys.clone(),
+                token: token.to_owned(),
+                lease: MIN_LEASE,
+            };
+            runtime.spawn(async move { single.release().await });
+        }
+    }
+}
+
+impl Lock {
+    pub(crate) fn new(client: Client, name: String) -> Self {
+        Lock {
+            client,
+            name: name.into(),
+            lease: DEFAULT_LEASE,
+        }
+    }
+
+    /// How long the lock is held without renewal. Default
+    /// [`DEFAULT_LEASE`] (10 s): this bounds how long a crashed holder
+    /// blocks the name, not how long a live holder may keep it (the
+    /// watchdog renews it every lease/3). At least [`MIN_LEASE`]; a shorter
+    /// lease is an [`ErrorKind::Config`] error when acquiring.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Waits until the lock is free and takes it. Waiting costs no polling
+    /// of Redis: the waiter is woken by the release notice (registered
+    /// before it re-checks, so none is missed), by the holder's lease
+    /// running out, and by a slow fallback poll (20 ms doubling to 250 ms).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidKey`] for a bad name, [`ErrorKind::Config`] for
+    /// a lease under [`MIN_LEASE`] (nothing is sent); [`ErrorKind::Redis`]
+    /// if Redis fails or is down: a lock that cannot be checked is not
+    /// waited for.
+    ///
+    /// # Cancel safety
+    /// Dropping the future gives up the wait. If it is dropped while its
+    /// acquisition is in flight, the lock (if that took it) is released in
+    /// the background.
+    pub async fn acquire(&self) -> Result<LockGuard, Error> {
+        self.acquire_until(None).await
+    }
+
+    /// [`acquire`](Self::acquire), giving up after `timeout`.
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire), and [`ErrorKind::LockTimeout`] when the
+    /// lock is still held by another after `timeout`.
+    ///
+    /// # Cancel safety
+    /// As [`acquire`](Self::acquire).
+    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<LockGuard, Error> {
+        self.acquire_until(Some(Instant::now() + timeout)).await
+    }
+
+    /// Takes the lock if it is free now, without waiting: `Ok(None)` if
+    /// another holds it (in this process or another).
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    /// As [`acquire`](Self::acquire).
+    pub async fn try_acquire(&self) -> Result<Option<LockGuard>, Error> {
+        let keys = Arc::new(self.check()?);
+        let queue = self.client.locks.enter(&self.name);
+        let Ok(permit) = queue.queue.permit.clone().try_acquire_owned() else {
+            return Ok(None);
+        };
+        let token = new_token();
+        match self.attempt(&keys, &token).await? {
+            Attempt::Taken { fence, sent } => {
+                Ok(Some(self.guard(keys, token, fence, sent, queue, permit)))
+            }
+            Attempt::Held { .. } => Ok(None),
+        }
+    }
+
+    fn check(&self) -> Result<LockKeys, Error> {
+        let keys = LockKeys::new(&self.name)?;
+        if self.lease < MIN_LEASE {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("lease is {:?}; the shortest is {MIN_LEASE:?}", self.lease),
+            ));
+        }
+        Ok(keys)
+    }
+
+    async fn acquire_until(&self, deadline: Option<Instant>) -> Result<LockGuard, Error> {
+        let keys = Arc::new(self.check()?);
+        let queue = self.client.locks.enter(&self.name);
+        let timed_out = || {
+            Error::new(
+                ErrorKind::LockTimeout,
+                format!("lock {:?} still held by another", self.name),
+            )
+        };
+        // Wait for our turn in this process first.
+        let permit = queue.queue.permit.clone().acquire_owned();
+        let permit = match deadline {
+            Some(d) => tokio::time::timeout_at(d, permit)
+                .await
+                .map_err(|_| timed_out())?,
+            None => permit.await,
+        }
+        .expect("the queue's semaphore is never closed");
+        let token = new_token();
+        let mut poll = POLL_MIN;
+        let wake_on = queue.queue.wake.clone();
+        loop {
+            let wake = wake_on.notify.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            let pttl = match self.attempt(&keys, &token).await? {
+                Attempt::Taken { fence, sent } => {
+                    return Ok(self.guard(keys, token, fence, sent, queue, permit));
+                }
+                Attempt::Held { pttl } => pttl,
+            };
+            // The first wait subscribes to the release notices; then check
+            // again before sleeping (the release may have come meanwhile).
+            if queue
+                .queue
+                .listen(&[&self.client.server.link], &keys.channel)
+                .await
+            {
+                continue;
+            }
+            // Woken by the notice; else when the holder's lease runs out
+            // (a crashed holder), else by the fallback poll.
+            let wake_at = Instant::now() + (pttl + Duration::from_millis(1)).min(poll);
+            poll = (poll * 2).min(POLL_MAX);
+            let deadline = deadline.unwrap_or(Instant::now() + Duration::from_secs(86_400 * 365));
+            tokio::select! {
+                _ = &mut wake => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+                _ = tokio::time::sleep_until(deadline) => return Err(timed_out()),
+            }
+        }
+    }
+
+    /// One try: take the lock and its fencing token, or learn how long the
+    /// holder's lease still runs.
+    async fn attempt(&self, keys: &Arc<LockKeys>, token: &str) -> Result<Attempt, Error> {
+        let server = &self.client.server;
+        let mut inv = ACQUIRE.prepare_invoke();
+
+        inv.key(&keys.lock)
+            .key(&keys.fence)
+            .arg(token)
+            .arg(ms(self.lease))
+            .arg(ms(FENCE_TTL.max(self.lease)));
+        let sent = Instant::now();
+        let mut in_flight = InFlight {
+            single: Some((server, keys, token)),
+        };
+        let reply = server.script::<Value>(&inv).await;
+        in_flight.single = None;
+        let reply = reply.map_err(|e| Error::redis("acquire lock", e))?;
+        let parsed: Option<(i64, i64)> = match &reply {
+            Value::Array(items) => match items.as_slice() {
+                [Value::Int(taken), Value::Int(n)] => Some((*taken, *n)),
+                _ => None,
+            },
+            _ => None,
+        };
+        match parsed {
+            Some((1, fence)) => Ok(Attempt::Taken {
+                fence: fence as u64,
+                sent,
+            }),
+            Some((0, pttl)) => Ok(Attempt::Held {
+                pttl: Duration::from_millis(pttl.max(0) as u64),
+            }),
+            _ => Err(Error::new(
+                ErrorKind::Redis,
+                format!("unexpected reply from the lock script: {reply:?}"),
+            )),
+        }
+    }
+
+    fn guard(
+        &self,
+        keys: Arc<LockKeys>,
+        token: String,
+        fence: u64,
+        sent: Instant,
+        queue: QueueRef,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> LockGuard {
+        let single = Single {
+            server: self.client.server.clone(),
+            keys,
+            token,
+            lease: self.lease,
+        };
+        let validity = self.lease.saturating_sub(drift(self.lease));
+        LockGuard {
+            lease: Lease::start(
+                single,
+                self.lease,
+                sent,
+                validity,
+                Box::new((permit, queue)),
+            ),
+            fence,
+            name: self.name.clone(),
+        }
+    }
+}
+
+impl LockGuard {
+    /// The fencing token of this hold: strictly greater than every token
+    /// issued before for this name, across the fleet. Pass it with every
+    /// write to the resource the lock protects, and have the resource
+    /// refuse a write whose token is below the highest it has seen: a
+    /// holder that was paused past its lease (and so lost the lock
+    /// unknowingly) is then refused. Tokens are not consecutive: they are
+    /// kept at or above the Redis server's clock in microseconds, which is
+    /// what keeps them increasing across a Redis restart without
+    /// persistence or a failover to a replica that missed the last
+    /// acquisition (as long as the server clock does not step back;
+    /// with AOF `appendfsync always` the counter itself survives).
+    pub fn fencing_token(&self) -> u64 {
+        self.fence
+    }
+
+    /// Completes when the lease could not be renewed and may have run out
+    /// (Redis unreachable or stalled past the lease, or the key found gone),
+    /// no later than the end of the lease last confirmed. `select!` the
+    /// work against it and stop when it fires: another may hold the lock
+    /// from then on. Never completes after a release.
+    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.lease.lost()
+    }
+
+    /// Whether the lease is still known to be held: false once it is lost
+    /// or past the validity last confirmed.
+    pub fn is_held(&self) -> bool {
+        self.lease.is_held()
+    }
+
+    /// How long the lease is known to run from now (zero once lost).
+    pub fn remaining(&self) -> Duration {
+        self.lease.remaining()
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stops the watchdog and releases the lock (compare-token-and-delete,
+    /// then a release notice that wakes the next waiter). `Ok(true)` if it
+    /// was still ours; `Ok(false)` if the lease had already run out (and
+    /// maybe another took it: nothing of theirs is touched).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Redis`] if Redis fails: the lock then runs out with its
+    /// lease (the watchdog is stopped either way).
+    pub async fn release(self) -> Result<bool, Error> {
+        self.lease.release().await
+    }
+}

@@ -1,0 +1,93 @@
+//! [`Server`]: the one connection of a client, its breaker and its bound on
+//! every call. Each tool sends its commands and scripts through here, so
+//! every Redis call of the crate is bounded and skips a Redis that is down.
+
+use redis::{Cmd, FromRedisValue, RedisResult, ScriptInvocation};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::shared::breaker::Breaker;
+use crate::shared::link::Link;
+
+pub(crate) struct Server {
+    pub(crate) link: Arc<Link>,
+    pub(crate) breaker: Breaker,
+    /// `redis_timeout`: the bound on every call.
+    pub(crate) timeout: Duration,
+}
+
+/// Bounds a multi-round-trip Redis call by `limit` as a whole.
+pub(crate) async fn bounded<T>(
+    limit: Duration,
+    call: impl Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from Redis within {limit:?}"),
+        ))),
+    }
+}
+
+/// The error of a call the breaker refused.
+pub(crate) fn breaker_open() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "Redis is unreachable (circuit breaker open)",
+    ))
+}
+
+impl Server {
+    /// Runs `call` unless the breaker is open, and records its outcome.
+    pub(crate) async fn call<T>(
+        &self,
+        call: impl Future<Output = RedisResult<T>>,
+    ) -> RedisResult<T> {
+        if !self.breaker.admit() {
+            return Err(breaker_open());
+        }
+        let result = call.await;
+        self.breaker.record(&result);
+        result
+    }
+
+    /// One command, bounded by the connection's response timeout (no
+    /// timer of ours: see `link.rs`). Not breaker-checked: callers wrap it
+    /// in [`call`](Self::call) as they need.
+    pub(crate) async fn raw_command<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
+        self.link.query(cmd).await
+    }
+
+    /// One script, bounded by `redis_timeout` as a whole (EVALSHA, and
+    /// after a Redis restart SCRIPT LOAD and EVALSHA again). The connection
+    /// is checked on the bounded result: when our bound fires first, the
+    /// call's own timeout never does. Not breaker-checked.
+    pub(crate) async fn raw_script<T: FromRedisValue>(
+        &self,
+        script: &ScriptInvocation<'_>,
+    ) -> RedisResult<T> {
+        self.raw_script_within(self.timeout, script).await
+    }
+
+    /// [`raw_script`](Self::raw_script) with a tighter bound.
+    pub(crate) async fn raw_script_within<T: FromRedisValue>(
+        &self,
+        limit: Duration,
+        script: &ScriptInvocation<'_>,
+    ) -> RedisResult<T> {
+        let mut conn = self.link.get()?;
+        let result = bounded(limit, script.invoke_async(&mut conn.conn)).await;
+        self.link.check(&conn, &result);
+        result
+    }
+
+    /// A breaker-checked script.
+    pub(crate) async fn script<T: FromRedisValue>(
+        &self,
+        script: &ScriptInvocation<'_>,
+    ) -> RedisResult<T> {
+        self.call(self.raw_script(script)).await
+    }
+}
