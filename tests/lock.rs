@@ -1,0 +1,230 @@
+//! The single-instance lock against a real redis-server: exclusion inside a
+//! process, fencing tokens, timeouts, hand-off by notice, release on drop,
+//! lost() when Redis hangs, bad input, and one connection for everything.
+
+mod support;
+
+use herdcache::{Client, ErrorKind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use support::RedisServer;
+
+async fn client(redis: &RedisServer) -> Client {
+    Client::connect(&redis.url()).await.expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_release_and_fencing_tokens_increase() {
+    let redis = RedisServer::start();
+    let client = client(&redis).await;
+    let lock = client.lock("orders:1");
+    let mut last = 0;
+    for _ in 0..20 {
+        let guard = lock.acquire().await.unwrap();
+        assert!(guard.is_held());
+        assert!(guard.fencing_token() > last, "tokens increase");
+        last = guard.fencing_token();
+        assert!(guard.release().await.unwrap(), "still ours at release");
+    }
+    // Another name has its own lock, free while this one is held.
+    let a = lock.acquire().await.unwrap();
+    let b = client.lock("orders:2").try_acquire().await.unwrap();
+    assert!(b.is_some());
+    assert!(lock.try_acquire().await.unwrap().is_none(), "held");
+    a.release().await.unwrap();
+    assert!(lock.try_acquire().await.unwrap().is_some(), "free again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_one_process_exclude_each_other() {
+    let redis = RedisServer::start();
+    let client = client(&redis).await;
+    let inside = Arc::new(AtomicU32::new(0));
+    let overlaps = Arc::new(AtomicU32::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (client, inside, overlaps) = (client.clone(), inside.clone(), overlaps.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let g = client.lock("shared").acquire().await.unwrap();
+                if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                    overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                g.release().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_timeout_is_a_typed_error_and_a_waiter_is_woken_by_the_release() {
+    let redis = RedisServer::start();
+    let (a, b) = (client(&redis).await, client(&redis).await);
+    let held = a.lock("k").acquire().await.unwrap();
+    let t = Instant::now();
+    let err = b
+        .lock("k")
+        .acquire_timeout(Duration::from_millis(150))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::LockTimeout);
+    assert!(t.elapsed() >= Duration::from_millis(150));
+    assert!(t.elapsed() < Duration::from_millis(600), "{:?}", t.elapsed());
+
+    // A waiter on another connection is woken by the release notice, not
+    // by its poll (which by now is 250 ms apart).
+    let waiter = tokio::spawn(async move {
+        let g = b.lock("k").acquire().await.unwrap();
+        (Instant::now(), g.release().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let released = Instant::now();
+    held.release().await.unwrap();
+    let (got, _) = waiter.await.unwrap();
+    let handoff = got.duration_since(released);
+    assert!(handoff < Duration::from_millis(100), "hand-off took {handoff:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_guard_is_released_at_once() {
+    let redis = RedisServer::start();
+    let (a, b) = (client(&redis).await, client(&redis).await);
+    let guard = a.lock("d").lease(Duration::from_secs(30)).acquire().await.unwrap();
+    drop(guard);
+    let t = Instant::now();
+    let g = b
+        .lock("d")
+        .acquire_timeout(Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_millis(200), "{:?}", t.elapsed());
+    g.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_keeps_a_short_lease_and_lost_fires_when_redis_hangs() {
+    let redis = RedisServer::start();
+    let client = client(&redis).await;
+    let lease = Duration::from_millis(300);
+    let guard = client.lock("w").lease(lease).acquire().await.unwrap();
+    // Held well past its lease while the watchdog renews it.
+    tokio::time::sleep(lease * 3).await;
+    assert!(guard.is_held());
+    let mut conn = redis.connection();
+    let pttl: i64 = redis::cmd("PTTL").arg("hc:lk:{w}").query(&mut conn).unwrap();
+    assert!(pttl > 0, "the key is still there: {pttl}");
+    // Redis hangs: renewal cannot succeed, and lost() fires within the lease.
+    let lost = guard.lost();
+    redis.freeze();
+    let t = Instant::now();
+    tokio::time::timeout(lease + Duration::from_millis(50), lost)
+        .await
+        .expect("lost() fired within the lease");
+    assert!(!guard.is_held());
+    redis.thaw();
+    let fired = t.elapsed();
+    assert!(fired <= lease, "lost after {fired:?}");
+    drop(guard);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_a_typed_error_and_takes_nothing() {
+    let redis = RedisServer::start();
+    let client = client(&redis).await;
+    for name in ["", "a{b", "a}b", &"x".repeat(herdcache::MAX_LOCK_NAME_LEN + 1)] {
+        let err = client.lock(name).acquire().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidKey, "{name:?}");
+        let err = client.lock(name).try_acquire().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidKey);
+    }
+    let err = client
+        .lock("z")
+        .lease(Duration::ZERO)
+        .acquire()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    let mut conn = redis.connection();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    assert!(keys.is_empty(), "nothing taken: {keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_keys_never_collide_with_cache_keys() {
+    let redis = RedisServer::start();
+    let client = client(&redis).await;
+    let cache = client.cache::<u64>("ns").build().await.unwrap();
+    cache.set("x", 7).await.unwrap();
+    let g = client.lock("ns:x").acquire().await.unwrap();
+    assert_eq!(*cache.get("x").await.unwrap().unwrap(), 7);
+    g.release().await.unwrap();
+    assert_eq!(*cache.get("x").await.unwrap().unwrap(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_caches_and_a_hundred_waiters_use_one_connection() {
+    let redis = RedisServer::start();
+    let client = client(&redis).await;
+    let mut caches = Vec::new();
+    for i in 0..10 {
+        caches.push(
+            client
+                .cache::<u64>(format!("ns{i}"))
+                .build()
+                .await
+                .unwrap(),
+        );
+    }
+    let held = client.lock("busy").acquire().await.unwrap();
+    let mut waiters = Vec::new();
+    for i in 0..100 {
+        let client = client.clone();
+        let name = if i % 2 == 0 { "busy" } else { "busy2" };
+        waiters.push(tokio::spawn(async move {
+            let _ = client
+                .lock(name)
+                .acquire_timeout(Duration::from_millis(500))
+                .await;
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut conn = redis.connection();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
+    // Ours, plus the test's own bookkeeping connection.
+    assert_eq!(list.lines().count(), 2, "{list}");
+    held.release().await.unwrap();
+    for w in waiters {
+        w.await.unwrap();
+    }
+    drop(caches);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_fails_fast_while_redis_is_down_and_works_when_it_is_back() {
+    let mut redis = RedisServer::start();
+    let client = client(&redis).await;
+    redis.kill();
+    let t = Instant::now();
+    let err = client.lock("r").acquire().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Redis);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match client.lock("r").try_acquire().await {
+            Ok(Some(g)) => {
+                g.release().await.unwrap();
+                break;
+            }
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("not back after restart: {other:?}"),
+        }
+    }
+}
