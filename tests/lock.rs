@@ -76,7 +76,11 @@ async fn acquire_timeout_is_a_typed_error_and_a_waiter_is_woken_by_the_release()
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::LockTimeout);
     assert!(t.elapsed() >= Duration::from_millis(150));
-    assert!(t.elapsed() < Duration::from_millis(600), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
 
     // A waiter on another connection is woken by the release notice, not
     // by its poll (which by now is 250 ms apart).
@@ -89,14 +93,22 @@ async fn acquire_timeout_is_a_typed_error_and_a_waiter_is_woken_by_the_release()
     held.release().await.unwrap();
     let (got, _) = waiter.await.unwrap();
     let handoff = got.duration_since(released);
-    assert!(handoff < Duration::from_millis(100), "hand-off took {handoff:?}");
+    assert!(
+        handoff < Duration::from_millis(100),
+        "hand-off took {handoff:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_guard_is_released_at_once() {
     let redis = RedisServer::start();
     let (a, b) = (client(&redis).await, client(&redis).await);
-    let guard = a.lock("d").lease(Duration::from_secs(30)).acquire().await.unwrap();
+    let guard = a
+        .lock("d")
+        .lease(Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
     drop(guard);
     let t = Instant::now();
     let g = b
@@ -104,7 +116,11 @@ async fn a_dropped_guard_is_released_at_once() {
         .acquire_timeout(Duration::from_secs(2))
         .await
         .unwrap();
-    assert!(t.elapsed() < Duration::from_millis(200), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
     g.release().await.unwrap();
 }
 
@@ -118,7 +134,10 @@ async fn the_watchdog_keeps_a_short_lease_and_lost_fires_when_redis_hangs() {
     tokio::time::sleep(lease * 3).await;
     assert!(guard.is_held());
     let mut conn = redis.connection();
-    let pttl: i64 = redis::cmd("PTTL").arg("hc:lk:{w}").query(&mut conn).unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("hc:lk:{w}")
+        .query(&mut conn)
+        .unwrap();
     assert!(pttl > 0, "the key is still there: {pttl}");
     // Redis hangs: renewal cannot succeed, and lost() fires within the lease.
     let lost = guard.lost();
@@ -138,7 +157,12 @@ async fn the_watchdog_keeps_a_short_lease_and_lost_fires_when_redis_hangs() {
 async fn bad_input_is_a_typed_error_and_takes_nothing() {
     let redis = RedisServer::start();
     let client = client(&redis).await;
-    for name in ["", "a{b", "a}b", &"x".repeat(herdcache::MAX_LOCK_NAME_LEN + 1)] {
+    for name in [
+        "",
+        "a{b",
+        "a}b",
+        &"x".repeat(herdcache::MAX_LOCK_NAME_LEN + 1),
+    ] {
         let err = client.lock(name).acquire().await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidKey, "{name:?}");
         let err = client.lock(name).try_acquire().await.unwrap_err();
@@ -174,13 +198,7 @@ async fn ten_caches_and_a_hundred_waiters_use_one_connection() {
     let client = client(&redis).await;
     let mut caches = Vec::new();
     for i in 0..10 {
-        caches.push(
-            client
-                .cache::<u64>(format!("ns{i}"))
-                .build()
-                .await
-                .unwrap(),
-        );
+        caches.push(client.cache::<u64>(format!("ns{i}")).build().await.unwrap());
     }
     let held = client.lock("busy").acquire().await.unwrap();
     let mut waiters = Vec::new();

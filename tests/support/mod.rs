@@ -187,6 +187,13 @@ pub fn checker_bin() -> PathBuf {
     BUILT.get_or_init(|| example_bin("checker")).clone()
 }
 
+/// The lock tests' worker (`examples/lock_worker.rs`), built as
+/// [`demo_bin`] is.
+pub fn lock_worker_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| example_bin("lock_worker")).clone()
+}
+
 /// Builds example `name` with the test's own profile and returns its path.
 fn example_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
