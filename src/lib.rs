@@ -2,25 +2,21 @@
 //!
 //! # Layout
 //!
-//! | module | what it is for |
-//! |---|---|
-//! | `builder.rs` | [`CacheBuilder`]: every option, its default and trade-off |
-//! | `cache.rs` | [`Cache`]: `get_or_compute`, `get`, `set`, `invalidate`; L1/L2 hit paths |
-//! | `load.rs` | the rebuild protocol of a flight: lock, wait, load, fill, fail-safe |
-//! | `local.rs` | the moka tier (L1), the per-process table of loads in flight, and the lanes that let an L2 hit skip that table |
-//! | `remote.rs` | the Redis tier: one method per round trip, each bounded by `redis_timeout` |
-//! | `link.rs` | the Redis connection: one multiplexed RESP3 connection, never waited for; one task pings it, replaces it when lost or silent, and resubscribes |
-//! | `starter.rs` | one task per cache that spawns the refreshes callers start, so a caller serving a stale value returns without paying for a spawn |
-//! | `breaker.rs` | circuit breaker: skip a Redis that is down, probe it, recover |
-//! | `scripts.rs` | every Lua script, with why each is atomic |
-//! | `lock.rs` | rebuild-lock tokens; running the loader under the watchdog |
-//! | `notify.rs` | the namespace bus: fill notices wake waiters, change notices drop L1; our own writes hold back older fill notices |
-//! | `keys.rs` | Redis key layout with a Cluster hash tag; key and namespace checks |
-//! | `envelope.rs` | the stored byte format: 24-byte header + codec bytes |
-//! | `borrow_de.rs` | a serde adapter that reads owned strings and bytes as borrowed ones, so bincode decodes them without a zero-filled allocation |
-//! | `codec.rs` | [`Codec`], [`Bincode`] (default), `Postcard` (feature `postcard`) |
-//! | `stats.rs` | [`Stats`] counters |
-//! | `error.rs` | [`Error`], [`ErrorKind`] |
+//! One [`Client`] per process owns the Redis connection; each tool is a wing
+//! over that shared layer, and no wing reaches into another's files.
+//!
+//! | wing | files | what it is for |
+//! |---|---|---|
+//! | `client.rs` | — | [`Client`], [`ClientBuilder`]: the one connection per process; makes caches and locks; warns once about an evicting Redis |
+//! | `shared/` | `link.rs`, `server.rs`, `breaker.rs`, `scripts.rs` | what every tool uses: one multiplexed RESP3 connection, never waited for (heartbeat, replacement when lost or silent, resubscription) with a router that hands each pub/sub message to the listeners of its channel; every call bounded and behind the circuit breaker; the token-checked lease scripts (take, extend, release) |
+//! | `cache/` | `handle.rs`, `builder.rs`, `load.rs`, `rebuild.rs`, `local.rs`, `remote.rs`, `notify.rs`, `starter.rs`, `keys.rs`, `envelope.rs`, `scripts.rs`, `stats.rs` | [`Cache`], [`CacheBuilder`]: the two tiers, the fleet-wide rebuild protocol, invalidation by notice (see `cache/mod.rs`) |
+//! | `lock/` | `single.rs`, `redlock.rs`, `lease.rs`, `queue.rs`, `keys.rs`, `scripts.rs` | [`Lock`], [`LockGuard`] (fenced, renewed, woken by notice), [`Redlock`] over N masters; why the usual `SETNX`/`DEL`/`sleep` patterns are replaced (see `lock/mod.rs`) |
+//! | — | `codec.rs`, `borrow_de.rs` | [`Codec`], [`Bincode`] (default), `Postcard` (feature `postcard`); a serde adapter that lets bincode decode strings without a zero-filled allocation |
+//! | — | `error.rs` | [`Error`], [`ErrorKind`] |
+//!
+//! Redis keys: a cache key lives at `hc:{<ns>:<key>}:v` (`cache/keys.rs`), a
+//! lock at `hc:lk:{<name>}` (`lock/keys.rs`): each tool has its own prefix,
+//! so no name of one can collide with another's.
 //!
 //! # What each call does when something fails
 //!
@@ -35,6 +31,15 @@
 //! | caller cancelled | the load goes on in its own task, fills both tiers, releases the lock; other callers are served by it | nothing held | L1 copy dropped before the write is sent; Redis has the old or the new state, never a mix |
 //! | lock holder crashed | waiters wake when its lock expires (at most `lock_ttl`, as the dead holder's watchdog stops) and one of them loads | — | — |
 //! | bytes in Redis that do not decode | a miss: counted in [`Stats::decode_errors`], recomputed, overwritten | `None` | — |
+//!
+//! | failure | `Lock::acquire` | a held [`LockGuard`] | `release` |
+//! |---|---|---|---|
+//! | Redis down | [`ErrorKind::Redis`] at once (a lock that cannot be checked is not waited for) | the watchdog retries; [`LockGuard::lost`] fires at the end of the lease last confirmed | [`ErrorKind::Redis`]; the lock runs out with its lease |
+//! | Redis slow or hung | each call bounded by `redis_timeout`, then as "down" | as "down" | as "down" |
+//! | holder crashed or paused past its lease | the lock is free when the lease runs out (at most `lease`); waiters wake then | the paused holder's `lost()` fires and `is_held()` is false when it resumes; its writes carry an old fencing token, which the resource refuses | `Ok(false)`: nothing of the new holder's is touched |
+//! | caller cancelled | the wait is given up; a lock taken by an attempt in flight is released in the background | a guard dropped without `release` is released in the background at once | — |
+//! | Redlock: a minority of masters down | acquires on the majority | renewed on the majority | released where reachable |
+//! | Redlock: a majority down | [`ErrorKind::NoQuorum`] at once | `lost()` within the lease | [`ErrorKind::NoQuorum`] |
 //!
 //! # Features
 //!
