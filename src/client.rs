@@ -12,9 +12,13 @@ use crate::codec::DefaultCodec;
 use crate::error::{Error, ErrorKind};
 use crate::lock::Lock;
 use crate::lock::queue::Queues;
+use crate::queue::Queue;
+use crate::rate::counter::Counter;
+use crate::rate::limiter::RateLimiter;
 use crate::shared::breaker::Breaker;
 use crate::shared::link::Link;
 use crate::shared::server::Server;
+use crate::stock::inventory::Stock;
 
 /// The shared handle to one Redis: make one per process with
 /// [`Client::connect`], then make caches ([`cache`](Self::cache)) and locks
@@ -94,6 +98,35 @@ impl Client {
     /// acquired. A bad name is reported by `acquire`, not here.
     pub fn lock(&self, name: impl Into<String>) -> Lock {
         Lock::new(self.clone(), name.into())
+    }
+
+    /// The flash-sale stock of `sku` (see [`Stock`]). Cheap: nothing is
+    /// sent until it is used; a bad SKU is reported by each call.
+    pub fn stock(&self, sku: impl Into<String>) -> Stock {
+        Stock::new(self.clone(), sku.into())
+    }
+
+    /// A typed message queue named `name` (see [`Queue`]): a Redis stream
+    /// read by consumer groups, so that no message is lost.
+    pub fn queue<T>(&self, name: impl Into<String>) -> Queue<T> {
+        Queue::new(self.clone(), name.into())
+    }
+
+    /// A counter named `name`, shared by the fleet (see [`Counter`]):
+    /// `incr`, `get`, and per fixed window with
+    /// [`window`](Counter::window). Cheap: nothing is sent until it is
+    /// used. A bad name is reported by `incr` and `get`, not here.
+    pub fn counter(&self, name: impl Into<String>) -> Counter {
+        Counter::new(self.clone(), name.into())
+    }
+
+    /// A rate limiter named `name` (GCRA on Redis's clock; see
+    /// [`RateLimiter`]): set its [`rate`](RateLimiter::rate) and
+    /// [`burst`](RateLimiter::burst), then [`check`](RateLimiter::check)
+    /// each request's key. Cheap: nothing is sent until `check`, which
+    /// also reports a bad name or setting.
+    pub fn rate_limiter(&self, name: impl Into<String>) -> RateLimiter {
+        RateLimiter::new(self.clone(), name.into())
     }
 
     /// The bound on every Redis call made through this client.
@@ -195,7 +228,17 @@ fn all_scripts() -> Vec<&'static redis::Script> {
     let shared = crate::shared::scripts::all();
     let cache = crate::cache::scripts::all();
     let lock = crate::lock::scripts::all();
-    shared.into_iter().chain(cache).chain(lock).collect()
+    let rate = crate::rate::scripts::all();
+    let stream = crate::shared::stream::scripts();
+    let stock = crate::stock::scripts::all();
+    shared
+        .into_iter()
+        .chain(cache)
+        .chain(lock)
+        .chain(rate)
+        .chain(stream)
+        .chain(stock)
+        .collect()
 }
 
 /// Locks (and, later, stock and queues) are state, not cache: a Redis that

@@ -11,7 +11,11 @@
 //! | `shared/` | `link.rs`, `server.rs`, `breaker.rs`, `scripts.rs` | what every tool uses: one multiplexed RESP3 connection, never waited for (heartbeat, replacement when lost or silent, resubscription) with a router that hands each pub/sub message to the listeners of its channel; every call bounded and behind the circuit breaker; the token-checked lease scripts (take, extend, release) |
 //! | `cache/` | `handle.rs`, `builder.rs`, `load.rs`, `rebuild.rs`, `local.rs`, `remote.rs`, `notify.rs`, `starter.rs`, `keys.rs`, `envelope.rs`, `scripts.rs`, `stats.rs` | [`Cache`], [`CacheBuilder`]: the two tiers, the fleet-wide rebuild protocol, invalidation by notice (see `cache/mod.rs`) |
 //! | `lock/` | `single.rs`, `redlock.rs`, `lease.rs`, `queue.rs`, `keys.rs`, `scripts.rs` | [`Lock`], [`LockGuard`] (fenced, renewed, woken by notice), [`Redlock`] over N masters; why the usual `SETNX`/`DEL`/`sleep` patterns are replaced (see `lock/mod.rs`) |
-//! | — | `codec.rs`, `borrow_de.rs` | [`Codec`], [`Bincode`] (default), `Postcard` (feature `postcard`); a serde adapter that lets bincode decode strings without a zero-filled allocation |
+//! | `stock/` | `inventory.rs`, `orders.rs`, `scripts.rs`, `keys.rs` | [`Stock`]: flash-sale stock that never oversells, idempotent [`Reservation`]s, an order stream read by consumer groups ([`Orders`], [`Delivery`]) (see `stock/mod.rs`) |
+//! | `queue/` | `mod.rs` | [`Queue`]: a typed queue on the same stream machinery; why `LPUSH`/`RPOP` loses messages |
+//! | `shared/` | `stream.rs` | consumer groups: pending until acknowledged, taken over from a stopped consumer, dead-lettered after `max_deliveries`, trimmed without dropping what a group still needs |
+//! | `rate/` | `counter.rs`, `limiter.rs`, `keys.rs`, `scripts.rs` | [`Counter`] (plain, or per fixed window of Redis's clock: add and expiry in one script, not `INCR` then `EXPIRE`), [`RateLimiter`] (GCRA on Redis's clock) answering [`RateDecision`]; keys `hc:ct:{<name>}`, `hc:rl:{<name>:<key>}` (see `rate/mod.rs`) |
+//! | — | `codec.rs`, `borrow_de.rs` | [`Codec`], [`Bincode`] (default), `Postcard` (feature `postcard`), `Json` (feature `json`); a serde adapter that lets bincode decode strings without a zero-filled allocation |
 //! | — | `error.rs` | [`Error`], [`ErrorKind`] |
 //!
 //! Redis keys: a cache key lives at `hc:{<ns>:<key>}:v` (`cache/keys.rs`), a
@@ -47,6 +51,7 @@
 //! |---|---|---|
 //! | `bincode` | yes | [`Bincode`], the default codec (bincode 2.0.x, pinned; see README) |
 //! | `postcard` | no | `Postcard`, a maintained codec |
+//! | `json` | no | `Json` (serde_json), a self-describing codec: takes `skip_serializing_if`, `flatten` and `untagged`, which bincode and postcard cannot (see README, Codecs) |
 
 #[cfg(feature = "bincode")]
 mod borrow_de;
@@ -55,13 +60,19 @@ mod client;
 mod codec;
 mod error;
 mod lock;
+mod queue;
+mod rate;
 mod shared;
+mod stock;
 
 pub use cache::builder::CacheBuilder;
-pub use cache::handle::Cache;
+pub use cache::handle::{Cache, Found};
+pub use cache::key::{CacheKey, Key};
 pub use cache::keys::{MAX_KEY_LEN, MAX_NAMESPACE_LEN};
 pub use cache::stats::Stats;
 pub use client::{Client, ClientBuilder};
+#[cfg(feature = "json")]
+pub use codec::Json;
 #[cfg(feature = "postcard")]
 pub use codec::Postcard;
 #[cfg(feature = "bincode")]
@@ -71,7 +82,14 @@ pub use error::{Error, ErrorKind};
 pub use lock::keys::MAX_LOCK_NAME_LEN;
 pub use lock::redlock::{DEFAULT_NODE_TIMEOUT, Redlock, RedlockBuilder, RedlockGuard, RedlockLock};
 pub use lock::single::{DEFAULT_LEASE, Lock, LockGuard, MIN_LEASE};
+pub use queue::{MAX_QUEUE_NAME_LEN, Message, Queue, QueueConsumer};
+pub use rate::counter::Counter;
+pub use rate::keys::{MAX_COUNTER_NAME_LEN, MAX_LIMITER_KEY_LEN, MAX_LIMITER_NAME_LEN};
+pub use rate::limiter::{RateDecision, RateLimiter};
 /// The `redis` crate herdcache is built on, so that
 /// [`CacheBuilder::client`] and [`Client::from_redis`] need no version match
 /// in your manifest.
 pub use redis;
+pub use stock::inventory::{Cancellation, MAX_QTY, Reservation, Stock};
+pub use stock::keys::MAX_ID_LEN;
+pub use stock::orders::{Delivery, OrderConsumer, OrderEvent, Orders};

@@ -417,6 +417,22 @@ impl Link {
             .is_some_and(|live| live.serial == serial)
     }
 
+    /// A connection of its own, for a command that blocks its connection
+    /// (`XREADGROUP … BLOCK`): on the shared one it would hold up every
+    /// call queued behind it. `response_timeout` must exceed the block.
+    pub(crate) async fn dedicated(
+        &self,
+        response_timeout: Duration,
+    ) -> RedisResult<MultiplexedConnection> {
+        let config = self
+            .config
+            .clone()
+            .set_response_timeout(Some(response_timeout));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
     /// One command on the current connection.
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         let mut conn = self.get()?;

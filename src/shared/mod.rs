@@ -10,6 +10,7 @@ pub(crate) mod breaker;
 pub(crate) mod link;
 pub(crate) mod scripts;
 pub(crate) mod server;
+pub(crate) mod stream;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

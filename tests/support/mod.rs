@@ -15,6 +15,9 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     log: PathBuf,
+    /// With persistence: its own data directory (kept across restarts,
+    /// removed on drop).
+    data_dir: Option<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -29,12 +32,31 @@ impl RedisServer {
     /// Starts a server on a free port, retrying if another process grabbed
     /// the port between our probe and Redis' bind.
     pub fn start() -> Self {
+        Self::start_inner(false)
+    }
+
+    /// A server that logs every write to its append-only file and fsyncs
+    /// it before answering (`appendonly yes`, `appendfsync always`): what
+    /// it acknowledged survives [`restart`](Self::restart).
+    pub fn start_durable() -> Self {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(durable: bool) -> Self {
         let mut last = String::new();
         for _ in 0..5 {
+            let port = free_port();
+            let data_dir = durable.then(|| {
+                let dir = std::env::temp_dir()
+                    .join(format!("herdcache-aof-{port}-{}", std::process::id()));
+                std::fs::create_dir_all(&dir).expect("create the AOF directory");
+                dir
+            });
             let mut server = RedisServer {
                 child: None,
-                port: free_port(),
+                port,
                 log: PathBuf::new(),
+                data_dir,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -51,10 +73,18 @@ impl RedisServer {
             std::process::id()
         ));
         let log = std::fs::File::create(&self.log).expect("create redis log file");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", ""]);
+        match &self.data_dir {
+            Some(dir) => cmd
+                .args(["--appendonly", "yes", "--appendfsync", "always"])
+                .args(["--dir", &dir.to_string_lossy()]),
+            None => cmd
+                .args(["--appendonly", "no"])
+                .args(["--dir", &std::env::temp_dir().to_string_lossy()]),
+        };
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
@@ -169,6 +199,9 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_file(&self.log);
+        if let Some(dir) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

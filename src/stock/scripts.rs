@@ -1,0 +1,75 @@
+//! The stock's scripts. Each is one atomic step on one SKU's keys (one
+//! Cluster slot), so no reservation is ever without its order message, and
+//! no check can be overtaken between reading the stock and taking from it.
+
+use redis::Script;
+use std::sync::LazyLock;
+
+/// Reserve: idempotency check, per-user limit, stock check, decrement, the
+/// order message and the answer, all in one step.
+///
+/// - A retry of an order id returns the answer first given to it, whatever
+///   happened since (even if stock was added or the order cancelled).
+/// - `avail < qty` is sold out: the stock never goes below zero (the
+///   reference implementations' oversell-by-one was a `>=` where `>` was
+///   meant; here the comparison is on what is left after taking).
+/// - The order goes to the SKU's stream (`XADD`) in the same step as the
+///   decrement, so a reserved unit always has its order message, even if
+///   the caller crashes the instant after.
+///
+/// Answers: `R|<remaining>|<qty>|<user>`, `S` (sold out), `U` (user limit);
+/// `N` if the SKU's stock was never set (nothing stored).
+/// KEYS: available, answers, users, orders stream.
+/// ARGV: order id, user id, qty, per-user limit (0: none), sku.
+pub(crate) static RESERVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local first = redis.call('HGET', KEYS[2], ARGV[1])
+if first then return first end
+local avail = redis.call('GET', KEYS[1])
+if not avail then return 'N' end
+local qty = tonumber(ARGV[3])
+local answer
+local limit = tonumber(ARGV[4])
+if limit > 0 and tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0') + qty > limit then
+  answer = 'U'
+elseif tonumber(avail) < qty then
+  answer = 'S'
+else
+  local remaining = redis.call('DECRBY', KEYS[1], qty)
+  redis.call('HINCRBY', KEYS[3], ARGV[2], qty)
+  redis.call('XADD', KEYS[4], '*', 'kind', 'reserved', 'order', ARGV[1], 'user', ARGV[2], 'qty', ARGV[3], 'sku', ARGV[5])
+  answer = 'R|' .. remaining .. '|' .. ARGV[3] .. '|' .. ARGV[2]
+end
+redis.call('HSET', KEYS[2], ARGV[1], answer)
+return answer
+",
+    )
+});
+
+/// Cancel: gives a reserved order's units back once, and records the
+/// cancellation in the order stream.
+/// Answers: `C|<available>` (cancelled now), `A` (already cancelled),
+/// `X` (the order was answered but not reserved), `N` (unknown order).
+/// KEYS: available, answers, users, cancelled, orders stream.
+/// ARGV: order id, sku.
+pub(crate) static CANCEL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local first = redis.call('HGET', KEYS[2], ARGV[1])
+if not first then return 'N' end
+local _, _, qty, user = string.find(first, '^R|%d+|(%d+)|(.*)$')
+if not qty then return 'X' end
+if redis.call('HSETNX', KEYS[4], ARGV[1], '1') == 0 then return 'A' end
+local n = redis.call('INCRBY', KEYS[1], qty)
+redis.call('HINCRBY', KEYS[3], user, -tonumber(qty))
+redis.call('XADD', KEYS[5], '*', 'kind', 'cancelled', 'order', ARGV[1], 'user', user, 'qty', qty, 'sku', ARGV[2])
+return 'C|' .. n
+",
+    )
+});
+
+/// The stock's scripts, loaded with each new connection.
+pub(crate) fn all() -> [&'static Script; 2] {
+    [&RESERVE, &CANCEL]
+}
