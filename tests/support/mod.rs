@@ -227,6 +227,25 @@ pub fn lock_worker_bin() -> PathBuf {
     BUILT.get_or_init(|| example_bin("lock_worker")).clone()
 }
 
+/// The rate limiter tests' worker (`examples/rate_worker.rs`), built as
+/// [`demo_bin`] is.
+pub fn rate_worker_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| example_bin("rate_worker")).clone()
+}
+
+/// Example `name` built with the test's own profile (once per test binary).
+pub fn example_bin_path(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
+        return path.clone();
+    }
+    let path = example_bin(name);
+    built.push((name.to_owned(), path.clone()));
+    path
+}
+
 /// Builds example `name` with the test's own profile and returns its path.
 fn example_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
