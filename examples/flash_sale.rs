@@ -235,7 +235,7 @@ async fn buyer(o: Opts) {
                     }
                     let () = pipe.query_async(&mut log).await.expect("log the answer");
                     // Every tenth order is retried: it must get the same answer.
-                    if n % 10 == 0
+                    if n.is_multiple_of(10)
                         && reserve_retrying(&stock, &order, &user).await.as_ref() != Some(&answer)
                     {
                         let _: i64 = redis::cmd("INCR")

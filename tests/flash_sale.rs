@@ -8,7 +8,7 @@ mod support;
 use herdcache::Client;
 use rusqlite::{Connection, params};
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::RedisServer;
@@ -68,7 +68,7 @@ fn temp_db(tag: &str) -> PathBuf {
     path
 }
 
-fn orders_in_db(db: &PathBuf, sku: &str) -> HashSet<String> {
+fn orders_in_db(db: &Path, sku: &str) -> HashSet<String> {
     let con = Connection::open(db).unwrap();
     let mut stmt = con
         .prepare("SELECT order_id FROM orders WHERE sku = ?1")
@@ -101,7 +101,7 @@ async fn available(url: &str, sku: &str) -> u64 {
     client.stock(sku).available().await.unwrap()
 }
 
-fn remove_db(db: &PathBuf) {
+fn remove_db(db: &Path) {
     for ext in ["sqlite3", "sqlite3-wal", "sqlite3-shm"] {
         let _ = std::fs::remove_file(db.with_extension(ext));
     }

@@ -63,6 +63,19 @@ async fn reserve_never_oversells_and_retries_get_the_first_answer() {
         Cancellation::UnknownOrder
     );
     assert_eq!(stock.available().await.unwrap(), 7);
+    // Counts far above 10^14 are written as integers, not `1.1e+15`.
+    let big = client.stock("big");
+    big.set_available(1 << 50).await.unwrap();
+    assert_eq!(
+        big.reserve("o", "u", 1).await.unwrap(),
+        Reservation::Reserved {
+            remaining: (1 << 50) - 1
+        }
+    );
+    assert_eq!(
+        big.cancel("o").await.unwrap(),
+        Cancellation::Cancelled { available: 1 << 50 }
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,7 +143,7 @@ impl Stock {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidKey`] for an empty or oversized id or SKU, and
-    /// [`ErrorKind::Config`] for a quantity of 0 or above [`MAX_QTY`]:
+    /// [`ErrorKind::Config`] for a quantity of 0, below 0 or above [`MAX_QTY`]:
     /// nothing is sent. [`ErrorKind::NotFound`] if the SKU's stock was
     /// never set (nothing is taken or recorded). [`ErrorKind::Redis`] if
     /// Redis fails or does not answer in time: the reservation may or may
@@ -157,17 +157,22 @@ impl Stock {
         &self,
         order_id: &str,
         user_id: &str,
-        qty: u32,
+        qty: impl TryInto<u32>,
     ) -> Result<Reservation, Error> {
         let keys = self.keys()?;
         check_id("order id", order_id)?;
         check_id("user id", user_id)?;
-        if qty == 0 || qty > MAX_QTY {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!("quantity must be 1 to {MAX_QTY}, not {qty}"),
-            ));
-        }
+        // Any integer type is taken, so that a negative or huge quantity
+        // from a request is this typed error rather than a cast gone wrong.
+        let qty = match qty.try_into() {
+            Ok(q) if (1..=MAX_QTY).contains(&q) => q,
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("quantity must be 1 to {MAX_QTY}"),
+                ));
+            }
+        };
         let mut inv = RESERVE.prepare_invoke();
         inv.key(&keys.available)
             .key(&keys.answers)

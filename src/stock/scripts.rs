@@ -17,6 +17,8 @@ use std::sync::LazyLock;
 ///   decrement, so a reserved unit always has its order message, even if
 ///   the caller crashes the instant after.
 ///
+/// Numbers are written with `%d`: Lua's own number-to-string would write
+/// a count above 10^14 as `1.1e+15`.
 /// Answers: `R|<remaining>|<qty>|<user>`, `S` (sold out), `U` (user limit);
 /// `N` if the SKU's stock was never set (nothing stored).
 /// KEYS: available, answers, users, orders stream.
@@ -39,7 +41,7 @@ else
   local remaining = redis.call('DECRBY', KEYS[1], qty)
   redis.call('HINCRBY', KEYS[3], ARGV[2], qty)
   redis.call('XADD', KEYS[4], '*', 'kind', 'reserved', 'order', ARGV[1], 'user', ARGV[2], 'qty', ARGV[3], 'sku', ARGV[5])
-  answer = 'R|' .. remaining .. '|' .. ARGV[3] .. '|' .. ARGV[2]
+  answer = 'R|' .. string.format('%d', remaining) .. '|' .. ARGV[3] .. '|' .. ARGV[2]
 end
 redis.call('HSET', KEYS[2], ARGV[1], answer)
 return answer
@@ -64,7 +66,7 @@ if redis.call('HSETNX', KEYS[4], ARGV[1], '1') == 0 then return 'A' end
 local n = redis.call('INCRBY', KEYS[1], qty)
 redis.call('HINCRBY', KEYS[3], user, -tonumber(qty))
 redis.call('XADD', KEYS[5], '*', 'kind', 'cancelled', 'order', ARGV[1], 'user', user, 'qty', qty, 'sku', ARGV[2])
-return 'C|' .. n
+return 'C|' .. string.format('%d', n)
 ",
     )
 });
