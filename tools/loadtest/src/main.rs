@@ -1,9 +1,11 @@
 //! `loadtest`: herdcache against three other ways of reading through a
-//! cache, in real worker processes sharing one Redis.
+//! cache, in real worker processes sharing one Redis; with `--scenario
+//! lock`, herdcache's lock against two common Redis locks.
 //!
 //! ```text
 //! cargo run --release -p herdcache-loadtest                    # cold-key stampede, all four strategies
 //! cargo run --release -p herdcache-loadtest -- --duration 10s --keys 100 --dist zipf --ttl-ms 1000
+//! cargo run --release -p herdcache-loadtest -- --scenario lock # locks: sections/s, hand-off latency
 //! ```
 //!
 //! The parent process starts a throwaway `redis-server` (unless `REDIS_URL`
@@ -20,6 +22,7 @@
 //! | `db.rs` | the SQLite file the loader queries |
 //! | `report.rs` | merging the workers' results; table and JSON output |
 //! | `chart.rs` | `--chart`: p99 latency over time as SVG |
+//! | `lock/` | `--scenario lock`: its strategies, worker, report (see `lock/mod.rs`) |
 
 // The test suite's throwaway Redis: one implementation of "start a
 // redis-server on a free loopback port, kill it on drop" for the tests, the
@@ -29,17 +32,20 @@ mod support;
 
 mod chart;
 mod db;
+mod lock;
 mod report;
 mod strategies;
 mod worker;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use lock::strategies::LockStrategy;
 use report::{Report, Settings, StrategyResult};
 use strategies::{LoaderKind, Strategy};
 use worker::{Dist, WorkerSpec, now_ms};
@@ -51,7 +57,8 @@ pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
     name = "loadtest",
     version,
     about = "Compare herdcache with plain cache-aside, a naive Redis lock and per-process \
-             coalescing, in real processes sharing one Redis.",
+             coalescing, in real processes sharing one Redis (--scenario stampede, the default); \
+             or herdcache's lock with two common Redis locks (--scenario lock).",
     long_about = None,
     args_conflicts_with_subcommands = true
 )]
@@ -72,16 +79,65 @@ enum Cmd {
         #[arg(long)]
         index: usize,
     },
+    /// One worker process of `--scenario lock`; started by the tool itself.
+    #[command(hide = true)]
+    LockWorker {
+        #[arg(long)]
+        spec: String,
+        #[arg(long)]
+        index: usize,
+    },
+}
+
+/// What a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    /// Reading through a cache: loader calls and latency (the default).
+    Stampede,
+    /// Distributed locks: critical sections per second, hand-off latency.
+    Lock,
+}
+
+/// Options of one scenario only (clap ids): giving one to the other
+/// scenario is an error rather than silently ignored.
+const STAMPEDE_ONLY: [&str; 11] = [
+    "keys",
+    "dist",
+    "zipf_s",
+    "hot_share",
+    "loader",
+    "loader_ms",
+    "ttl_ms",
+    "stale_ms",
+    "early_refresh_beta",
+    "cold",
+    "chart",
+];
+const LOCK_ONLY: [&str; 4] = ["locks", "hold_ms", "think_ms", "count"];
+
+/// Every strategy name of both scenarios, for `--strategy`.
+fn strategy_names() -> clap::builder::PossibleValuesParser {
+    let mut names: Vec<&'static str> = Strategy::ALL.iter().map(|s| s.name()).collect();
+    for s in LockStrategy::ALL {
+        if !names.contains(&s.name()) {
+            names.push(s.name());
+        }
+    }
+    clap::builder::PossibleValuesParser::new(names)
 }
 
 #[derive(Args, Debug)]
 struct RunArgs {
+    /// What to measure: reading through a cache (stampede) or distributed
+    /// locks (lock).
+    #[arg(long, value_enum, default_value_t = Scenario::Stampede)]
+    scenario: Scenario,
     /// Worker processes per strategy (each with its own runtime, L1 and connections).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     processes: u16,
-    /// Concurrent tasks (callers) per process.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    tasks: u32,
+    /// Concurrent tasks (callers) per process [default: 50; lock: 4].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    tasks: Option<u32>,
     /// Distinct keys requested.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     keys: u32,
@@ -114,29 +170,53 @@ struct RunArgs {
     #[arg(long)]
     early_refresh_beta: Option<f64>,
     /// Steady mode: tasks loop requests for this long (e.g. 10s), so keys
-    /// expire and refresh under load.
+    /// expire and refresh under load. Lock: how long tasks loop per
+    /// strategy [lock default: 4s; 60s with --count].
     #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "cold")]
     duration: Option<Duration>,
     /// Cold mode (the default): one request per task, all released at one
     /// instant against an empty cache.
     #[arg(long)]
     cold: bool,
-    /// Strategies to compare, in order (repeat the flag or use a comma list).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Strategy::ALL)]
-    strategy: Vec<Strategy>,
+    /// Strategies to compare, in order (repeat the flag or use a comma
+    /// list). Stampede: none, naive-lock, local, herdcache. Lock:
+    /// setnx-sleep, retry-jitter, herdcache. [default: all of the scenario's]
+    #[arg(long, value_delimiter = ',', value_parser = strategy_names())]
+    strategy: Vec<String>,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     json: bool,
     /// Write an SVG chart of p99 latency over time per strategy.
     #[arg(long, value_name = "PATH.svg")]
     chart: Option<PathBuf>,
+    /// Lock: distinct lock names; each acquisition picks one at random
+    /// [default: 1, every task contends for it].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    locks: Option<u32>,
+    /// Lock: length of the critical section in ms (a sleep between the
+    /// exclusion check's INCR and DECR) [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    hold_ms: Option<u64>,
+    /// Lock: mean pause of a task between its release and its next acquire
+    /// (uniform in 0..2x this) [default: 5].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    think_ms: Option<u64>,
+    /// Lock: critical sections per task, at most (the run ends at this or
+    /// at --duration, whichever comes first).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    count: Option<u64>,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let (what, result) = match cli.cmd {
         Some(Cmd::Worker { spec, index }) => (format!("worker {index}"), worker_main(&spec, index)),
-        None => ("loadtest".to_owned(), run(cli.run)),
+        Some(Cmd::LockWorker { spec, index }) => (
+            format!("lock worker {index}"),
+            lock_worker_main(&spec, index),
+        ),
+        None => ("loadtest".to_owned(), run(cli.run, &matches)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -156,7 +236,71 @@ fn worker_main(spec: &str, index: usize) -> Res<()> {
     Ok(())
 }
 
-fn run(a: RunArgs) -> Res<()> {
+fn lock_worker_main(spec: &str, index: usize) -> Res<()> {
+    let spec: lock::worker::Spec = serde_json::from_str(spec)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(lock::worker::run(spec, index))?;
+    Ok(())
+}
+
+fn run(a: RunArgs, matches: &ArgMatches) -> Res<()> {
+    let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    let (scenario, foreign) = match a.scenario {
+        Scenario::Stampede => ("stampede", &LOCK_ONLY[..]),
+        Scenario::Lock => ("lock", &STAMPEDE_ONLY[..]),
+    };
+    if let Some(id) = foreign.iter().find(|id| given(id)) {
+        return Err(format!(
+            "--{} is not an option of --scenario {scenario}",
+            id.replace('_', "-")
+        )
+        .into());
+    }
+    match a.scenario {
+        Scenario::Stampede => run_stampede(a),
+        Scenario::Lock => run_lock(a),
+    }
+}
+
+fn run_lock(a: RunArgs) -> Res<()> {
+    let mut strategies = Vec::new();
+    for name in &a.strategy {
+        let s = <LockStrategy as clap::ValueEnum>::from_str(name, false)
+            .map_err(|_| format!("--strategy {name} is not a lock strategy (--scenario lock)"))?;
+        if !strategies.contains(&s) {
+            strategies.push(s);
+        }
+    }
+    if strategies.is_empty() {
+        strategies = LockStrategy::ALL.to_vec();
+    }
+    let duration_ms = match (a.duration, a.count) {
+        (Some(d), _) => d.as_millis() as u64,
+        (None, Some(_)) => 60_000,
+        (None, None) => 4_000,
+    };
+    if !(100..=600_000).contains(&duration_ms) {
+        return Err("--duration must be between 100ms and 10min".into());
+    }
+    lock::run(
+        lock::Options {
+            processes: usize::from(a.processes),
+            tasks: a.tasks.unwrap_or(4) as usize,
+            locks: a.locks.unwrap_or(1),
+            hold_ms: a.hold_ms.unwrap_or(1),
+            think_ms: a.think_ms.unwrap_or(5),
+            duration_ms,
+            count: a.count,
+            strategies,
+            json: a.json,
+        },
+        &std::env::current_exe()?,
+    )
+}
+
+fn run_stampede(a: RunArgs) -> Res<()> {
     if !(a.zipf_s > 0.0 && a.zipf_s.is_finite()) {
         return Err("--zipf-s must be above 0".into());
     }
@@ -185,10 +329,15 @@ fn run(a: RunArgs) -> Res<()> {
         return Err("--ttl-ms must be at least 1".into());
     }
     let mut strategies = Vec::new();
-    for s in a.strategy {
+    for name in &a.strategy {
+        let s = <Strategy as clap::ValueEnum>::from_str(name, false)
+            .map_err(|_| format!("--strategy {name} is a lock strategy: add --scenario lock"))?;
         if !strategies.contains(&s) {
             strategies.push(s);
         }
+    }
+    if strategies.is_empty() {
+        strategies = Strategy::ALL.to_vec();
     }
     let settings = Settings {
         mode: if duration_ms.is_some() {
@@ -197,7 +346,7 @@ fn run(a: RunArgs) -> Res<()> {
             "cold"
         },
         processes: usize::from(a.processes),
-        tasks: a.tasks as usize,
+        tasks: a.tasks.unwrap_or(50) as usize,
         keys: a.keys,
         dist: a.dist,
         zipf_s: a.zipf_s,
@@ -274,7 +423,16 @@ fn run(a: RunArgs) -> Res<()> {
             duration_ms,
             bucket_ms: settings.bucket_ms,
         };
-        run_workers(&exe, &mut con, &spec, settings.processes)?;
+        let launch = Launch {
+            subcommand: "worker",
+            spec_json: serde_json::to_string(&spec)?,
+            run: &spec.run,
+            label: strategy.name(),
+            duration_ms: spec.duration_ms,
+            counter_key: format!("{}:loads", spec.run),
+            noun: "loader calls",
+        };
+        run_workers(&exe, &mut con, &launch, settings.processes, &mut || Ok(()))?;
         results.push(report::collect(
             &mut con,
             &spec.run,
@@ -347,36 +505,56 @@ fn get_u64(con: &mut redis::Connection, key: &str) -> Res<u64> {
     Ok(v.unwrap_or(0))
 }
 
+/// What [`run_workers`] starts, and how it shows their progress.
+struct Launch<'a> {
+    /// The hidden subcommand the workers run (`worker`, `lock-worker`).
+    subcommand: &'a str,
+    /// Their spec, as the one JSON argument.
+    spec_json: String,
+    /// Prefix of the run's keys: `<run>:ready`, `<run>:go`.
+    run: &'a str,
+    /// The strategy's name, for the progress bar and errors.
+    label: &'a str,
+    /// Steady runs: how long the workers run after the release.
+    duration_ms: Option<u64>,
+    /// A counter the workers advance, shown as "<n> <noun>".
+    counter_key: String,
+    noun: &'a str,
+}
+
 /// Starts the workers, releases them at one instant, shows progress, and
-/// waits until they have all exited.
+/// waits until they have all exited. `on_ready` runs once every worker is
+/// ready, just before the release. Returns the release instant (Unix ms).
 fn run_workers(
     exe: &Path,
     con: &mut redis::Connection,
-    spec: &WorkerSpec,
+    launch: &Launch<'_>,
     procs: usize,
-) -> Res<()> {
-    let run = &spec.run;
-    let json = serde_json::to_string(spec)?;
+    on_ready: &mut dyn FnMut() -> Res<()>,
+) -> Res<u64> {
+    let run = launch.run;
+    let label = launch.label;
     let mut workers = Workers(Vec::with_capacity(procs));
     for index in 0..procs {
         workers.0.push(
             Command::new(exe)
-                .args(["worker", "--spec", &json, "--index", &index.to_string()])
+                .args([launch.subcommand, "--spec", &launch.spec_json])
+                .args(["--index", &index.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .spawn()?,
         );
     }
 
-    let bar = match spec.duration_ms {
+    let bar = match launch.duration_ms {
         Some(d) => ProgressBar::new(d),
         None => ProgressBar::new(procs as u64),
     };
     bar.set_style(
-        ProgressStyle::with_template("{prefix:<11} [{bar:30}] {elapsed:>4} {msg}")?
+        ProgressStyle::with_template("{prefix:<12} [{bar:30}] {elapsed:>4} {msg}")?
             .progress_chars("=> "),
     );
-    bar.set_prefix(spec.strategy.name());
+    bar.set_prefix(label.to_owned());
     bar.set_message("starting workers");
     bar.enable_steady_tick(Duration::from_millis(100));
 
@@ -385,17 +563,14 @@ fn run_workers(
     let deadline = Instant::now() + Duration::from_secs(30);
     while get_u64(con, &format!("{run}:ready"))? < procs as u64 {
         if let Some(status) = workers.first_failure()? {
-            return Err(format!(
-                "a {} worker failed before it was ready ({status})",
-                spec.strategy.name()
-            )
-            .into());
+            return Err(format!("a {label} worker failed before it was ready ({status})").into());
         }
         if Instant::now() > deadline {
             return Err("workers not ready after 30 s".into());
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    on_ready()?;
     // 200 ms ahead: workers poll for it every 1 ms, then sleep until it.
     let go_ms = now_ms() + 200;
     let _: () = redis::cmd("SET")
@@ -403,21 +578,18 @@ fn run_workers(
         .arg(go_ms)
         .query(con)?;
 
-    let limit = Duration::from_millis(spec.duration_ms.unwrap_or(0)) + Duration::from_secs(60);
+    let limit = Duration::from_millis(launch.duration_ms.unwrap_or(0)) + Duration::from_secs(60);
     let started = Instant::now();
+    let noun = launch.noun;
     let statuses = loop {
         if let Some(statuses) = workers.all_exited()? {
             break statuses;
         }
         if started.elapsed() > limit {
-            return Err(format!(
-                "{} workers still running after {limit:?}; killed",
-                spec.strategy.name()
-            )
-            .into());
+            return Err(format!("{label} workers still running after {limit:?}; killed").into());
         }
-        let loads = get_u64(con, &format!("{run}:loads"))?;
-        match spec.duration_ms {
+        let n = get_u64(con, &launch.counter_key)?;
+        match launch.duration_ms {
             Some(d) => bar.set_position(now_ms().saturating_sub(go_ms).min(d)),
             None => bar.set_position(
                 workers
@@ -427,14 +599,14 @@ fn run_workers(
                     .count() as u64,
             ),
         }
-        bar.set_message(format!("{loads} loader calls"));
+        bar.set_message(format!("{n} {noun}"));
         std::thread::sleep(Duration::from_millis(50));
     };
-    let loads = get_u64(con, &format!("{run}:loads"))?;
+    let n = get_u64(con, &launch.counter_key)?;
     bar.set_position(bar.length().unwrap_or(0));
-    bar.finish_with_message(format!("done: {loads} loader calls"));
+    bar.finish_with_message(format!("done: {n} {noun}"));
     if let Some(status) = statuses.iter().find(|s| !s.success()) {
-        return Err(format!("a {} worker failed ({status})", spec.strategy.name()).into());
+        return Err(format!("a {label} worker failed ({status})").into());
     }
-    Ok(())
+    Ok(go_ms)
 }

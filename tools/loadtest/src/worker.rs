@@ -247,27 +247,8 @@ pub async fn run(spec: WorkerSpec, index: usize) -> Result<(), String> {
     })
     .await?;
 
-    // Ready, then wait for the one release instant shared by all workers.
     let run = &spec.run;
-    let _: u64 = con
-        .incr(format!("{run}:ready"), 1)
-        .await
-        .map_err(|e| e.to_string())?;
-    let waited = Instant::now();
-    let go_ms: u64 = loop {
-        let go: Option<u64> = con
-            .get(format!("{run}:go"))
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Some(go) = go {
-            break go;
-        }
-        if waited.elapsed() > GO_TIMEOUT {
-            return Err(format!("no go signal after {GO_TIMEOUT:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    };
-    let start = Instant::now() + Duration::from_millis(go_ms.saturating_sub(now_ms()));
+    let (go_ms, start) = ready_then_go(&mut con, run).await?;
 
     let hot_loads = Arc::new(Mutex::new(Vec::new()));
     let shared = Arc::new(Shared {
@@ -341,6 +322,35 @@ pub async fn run(spec: WorkerSpec, index: usize) -> Result<(), String> {
         .await
         .map_err(|e| format!("report to redis: {e}"))?;
     Ok(())
+}
+
+/// Tells the parent this worker is ready (`INCR <run>:ready`), then waits
+/// for the one release instant it writes under `<run>:go` (Unix ms), shared
+/// by all workers. Returns that instant, as Unix ms and as an `Instant`.
+pub async fn ready_then_go(
+    con: &mut redis::aio::MultiplexedConnection,
+    run: &str,
+) -> Result<(u64, Instant), String> {
+    let _: u64 = con
+        .incr(format!("{run}:ready"), 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    let waited = Instant::now();
+    let go_ms: u64 = loop {
+        let go: Option<u64> = con
+            .get(format!("{run}:go"))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(go) = go {
+            break go;
+        }
+        if waited.elapsed() > GO_TIMEOUT {
+            return Err(format!("no go signal after {GO_TIMEOUT:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let start = Instant::now() + Duration::from_millis(go_ms.saturating_sub(now_ms()));
+    Ok((go_ms, start))
 }
 
 async fn task(s: Arc<Shared>, seed: u64) -> TaskOut {
