@@ -1,10 +1,31 @@
 //! How values become bytes: the [`Codec`] trait, with bincode 2 as the
-//! default and postcard one feature flag away.
+//! default and postcard and JSON one feature flag away.
 //!
 //! bincode is the default because users asked for it, but the bincode project
 //! has declared itself finished (RUSTSEC-2025-0141 marks 1.x and 2.0
 //! unmaintained; 3.0.0 is only a `compile_error!`). We pin 2.0.x and keep it
 //! behind this trait so switching codecs is one line.
+//!
+//! # What a non-self-describing codec cannot take
+//!
+//! bincode and postcard write values only, no field names and no markers
+//! for what is absent: the reader must know the exact shape from the type.
+//! So some serde attributes, common on JSON response structs, produce bytes
+//! that *encode* but never *decode*:
+//!
+//! | attribute or type | why it breaks |
+//! |---|---|
+//! | `#[serde(skip_serializing_if = "…")]` | the field is left out when the predicate holds, but the reader still expects it and reads the next field's bytes in its place |
+//! | `#[serde(flatten)]` | serialized as a map of unknown length; read back with `deserialize_any`, which these codecs do not support |
+//! | `#[serde(untagged)]`, `#[serde(tag = "…")]` (internally or adjacently tagged enums) | read back with `deserialize_any` (the variant is guessed from the data) |
+//! | `serde_json::Value`, other "any"-typed fields | the same |
+//!
+//! The cache catches this at the first write of such a value: it decodes
+//! what it just encoded, and a value that does not come back whole is an
+//! [`ErrorKind::Codec`](crate::ErrorKind::Codec) error, with nothing written,
+//! rather than bytes that every reader silently counts as a miss. Either
+//! remove the attribute, or use a self-describing codec:
+//! `.codec(herdcache::Json)` (feature `json`) takes all of them.
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -22,8 +43,22 @@ pub trait Codec: Send + Sync + 'static {
     fn encode<V: Serialize>(&self, value: &V, out: &mut Vec<u8>) -> Result<(), CodecError>;
 
     /// Decodes a whole payload. Trailing bytes must be an error: they mean the
-    /// bytes were written for another type.
+    /// bytes were written for another type (and the cache's check of every
+    /// write relies on it: a value that decodes from a prefix of its own
+    /// bytes did not survive the round trip).
     fn decode<V: DeserializeOwned>(&self, bytes: &[u8]) -> Result<V, CodecError>;
+
+    /// True when the encoding carries its own structure (field names,
+    /// presence), as JSON does, so that serde attributes such as
+    /// `skip_serializing_if` work. Only used to word errors; default false.
+    fn is_self_describing(&self) -> bool {
+        false
+    }
+
+    /// A name for messages. Default: the type's name.
+    fn name(&self) -> &'static str {
+        std::any::type_name::<Self>()
+    }
 }
 
 /// The most memory bincode may claim for the owned parts of one decoded
@@ -42,6 +77,10 @@ pub struct Bincode;
 
 #[cfg(feature = "bincode")]
 impl Codec for Bincode {
+    fn name(&self) -> &'static str {
+        "bincode"
+    }
+
     fn encode<V: Serialize>(&self, value: &V, out: &mut Vec<u8>) -> Result<(), CodecError> {
         bincode::serde::encode_into_std_write(value, out, bincode::config::standard())?;
         Ok(())
@@ -74,6 +113,10 @@ pub struct Postcard;
 
 #[cfg(feature = "postcard")]
 impl Codec for Postcard {
+    fn name(&self) -> &'static str {
+        "postcard"
+    }
+
     fn encode<V: Serialize>(&self, value: &V, out: &mut Vec<u8>) -> Result<(), CodecError> {
         let encoded = postcard::to_allocvec(value)?;
         out.extend_from_slice(&encoded);
@@ -89,14 +132,51 @@ impl Codec for Postcard {
     }
 }
 
+/// JSON (serde_json): self-describing, so it takes every serde attribute
+/// (`skip_serializing_if`, `flatten`, `untagged`, `serde_json::Value`
+/// fields), at the price of larger values and slower encoding and decoding
+/// than bincode or postcard. Enable the `json` feature and pass
+/// `.codec(herdcache::Json)` to the builder.
+///
+/// JSON has no NaN or infinity: serde_json writes them as `null`, which does
+/// not decode back into a float, so such a value is refused at write with
+/// [`ErrorKind::Codec`](crate::ErrorKind::Codec).
+#[cfg(feature = "json")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json;
+
+#[cfg(feature = "json")]
+impl Codec for Json {
+    fn name(&self) -> &'static str {
+        "json"
+    }
+
+    fn is_self_describing(&self) -> bool {
+        true
+    }
+
+    fn encode<V: Serialize>(&self, value: &V, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        serde_json::to_writer(out, value)?;
+        Ok(())
+    }
+
+    fn decode<V: DeserializeOwned>(&self, bytes: &[u8]) -> Result<V, CodecError> {
+        // `from_slice` refuses trailing characters other than whitespace.
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}
+
 /// The codec a [`Cache`](crate::Cache) uses unless told otherwise.
 #[cfg(feature = "bincode")]
 pub type DefaultCodec = Bincode;
 /// The codec a [`Cache`](crate::Cache) uses unless told otherwise.
 #[cfg(all(not(feature = "bincode"), feature = "postcard"))]
 pub type DefaultCodec = Postcard;
-#[cfg(not(any(feature = "bincode", feature = "postcard")))]
-compile_error!("herdcache needs a codec: enable the `bincode` or `postcard` feature");
+/// The codec a [`Cache`](crate::Cache) uses unless told otherwise.
+#[cfg(all(not(feature = "bincode"), not(feature = "postcard"), feature = "json"))]
+pub type DefaultCodec = Json;
+#[cfg(not(any(feature = "bincode", feature = "postcard", feature = "json")))]
+compile_error!("herdcache needs a codec: enable the `bincode`, `postcard` or `json` feature");
 
 #[cfg(test)]
 mod tests {
@@ -128,5 +208,11 @@ mod tests {
     #[test]
     fn postcard_round_trips_and_rejects_garbage() {
         round_trip(Postcard);
+    }
+
+    #[cfg(feature = "json")]
+    #[test]
+    fn json_round_trips_and_rejects_garbage() {
+        round_trip(Json);
     }
 }

@@ -90,6 +90,10 @@ impl<T, C: Codec> CacheBuilder<Option<T>, C> {
     /// (short) TTL instead of `ttl`, so lookups of missing rows stop reaching
     /// the database (cache penetration) without hiding a row created soon
     /// after for long. No default: without it, `None` lives for `ttl`.
+    ///
+    /// Shorthand for [`ttl_for`](CacheBuilder::ttl_for) (the later call of
+    /// the two wins). Read values with
+    /// [`Cache::get_or_compute_opt`](crate::Cache::get_or_compute_opt).
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.ttl_for = Some(Box::new(move |v: &Option<T>| v.is_none().then_some(ttl)));
         self
@@ -141,6 +145,31 @@ impl<V, C: Codec> CacheBuilder<V, C> {
     /// expire together.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.config.ttl = ttl;
+        self
+    }
+
+    /// A fresh TTL chosen per value: `Some(d)` overrides `ttl` for that
+    /// value, `None` keeps `ttl`. It applies to every write, from a loader
+    /// or from [`set`](crate::Cache::set) ([`set_with_ttl`](crate::Cache::set_with_ttl)
+    /// names its own), jitter included. For example, short for values that
+    /// change often:
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Quote { live: bool }
+    /// # async fn demo() -> Result<(), herdcache::Error> {
+    /// let cache = herdcache::Cache::<Quote>::builder("quotes")
+    ///     .redis_url("redis://127.0.0.1:6379/")
+    ///     .ttl_for(|q: &Quote| q.live.then_some(Duration::from_secs(1)))
+    ///     .build()
+    ///     .await?;
+    /// # let _ = cache; Ok(()) }
+    /// ```
+    ///
+    /// Replaces an earlier `ttl_for` or
+    /// [`negative_ttl`](CacheBuilder::negative_ttl).
+    pub fn ttl_for(mut self, ttl: impl Fn(&V) -> Option<Duration> + Send + Sync + 'static) -> Self {
+        self.ttl_for = Some(Box::new(ttl));
         self
     }
 
@@ -419,6 +448,7 @@ where
             ttl_for: self.ttl_for,
             starter: Starter::spawn(),
             _listening: listening,
+            codec_warned_ms: Default::default(),
         });
         // The bus holds the cache weakly: the cache owns its place on the
         // connection whose pushes feed the bus, so a strong reference would

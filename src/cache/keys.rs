@@ -71,6 +71,10 @@ impl Layout {
         })
     }
 
+    pub(crate) fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     pub(crate) fn generation_key(&self) -> &str {
         &self.generation_key
     }

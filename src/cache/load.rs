@@ -34,18 +34,32 @@ use crate::codec::Codec;
 use crate::error::{Error, ErrorKind};
 use crate::shared::new_token;
 
+/// What a loader may fail with: anything that converts into a boxed
+/// error, the bound `?` itself uses for `Box<dyn Error + Send + Sync>`. So
+/// your own error types, `anyhow::Error`, boxed errors, `String` and `&str`
+/// all work, where `E: std::error::Error` refused anyhow (which does not
+/// implement the trait) and boxed errors (`Box<dyn Error>` does not either).
+///
+/// Implemented for every such type (public signatures spell the bound out).
+pub(crate) trait LoaderError:
+    Into<Box<dyn std::error::Error + Send + Sync + 'static>>
+{
+}
+
+impl<E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>> LoaderError for E {}
+
 /// A loader: `FnOnce() -> impl Future<Output = Result<V, E>>`, runnable in
 /// its own task. One name for the bounds every load function repeats.
 pub(crate) trait LoadFn<V>: FnOnce() -> Self::Fut + Send + 'static {
     type Fut: Future<Output = Result<V, Self::Err>> + Send + 'static;
-    type Err: std::error::Error + Send + Sync + 'static;
+    type Err: LoaderError;
 }
 
 impl<V, F, Fut, E> LoadFn<V> for F
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
-    E: std::error::Error + Send + Sync + 'static,
+    E: LoaderError,
 {
     type Fut = Fut;
     type Err = E;
@@ -290,7 +304,7 @@ where
         Counters::bump(&self.stats.loads);
         let started = Instant::now();
         let lock = Some((&self.remote, keys, token, self.config.lock_ttl));
-        let loaded = run_loader(loader, self.config.load_timeout, lock, &self.stats).await;
+        let loaded = run_loader(key, loader, self.config.load_timeout, lock, &self.stats).await;
         let value = match loaded {
             Ok(value) => value,
             Err(e) => {
@@ -374,7 +388,7 @@ where
         Counters::bump(&self.stats.redis_fallback_loads);
         Counters::bump(&self.stats.loads);
         let started = Instant::now();
-        match run_loader(loader, self.config.load_timeout, None, &self.stats).await {
+        match run_loader(key, loader, self.config.load_timeout, None, &self.stats).await {
             Ok(value) => {
                 let header = self.header(&value, started.elapsed());
                 let value = Arc::new(value);

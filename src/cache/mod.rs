@@ -13,6 +13,7 @@
 //! | `starter.rs` | one task per cache that spawns the refreshes callers start, so a caller serving a stale value returns without paying for a spawn |
 //! | `scripts.rs` | the cache's Lua scripts, with why each is atomic |
 //! | `notify.rs` | the namespace bus: fill notices wake waiters, change notices drop L1; our own writes hold back older fill notices |
+//! | `key.rs` | [`CacheKey`](crate::CacheKey): what a call takes as a key (strings, integers), with no cost for `&str` |
 //! | `keys.rs` | Redis key layout with a Cluster hash tag; key and namespace checks |
 //! | `envelope.rs` | the stored byte format: 24-byte header + codec bytes |
 //! | `stats.rs` | [`Stats`](crate::Stats) counters |
@@ -20,6 +21,7 @@
 pub(crate) mod builder;
 pub(crate) mod envelope;
 pub(crate) mod handle;
+pub(crate) mod key;
 pub(crate) mod keys;
 pub(crate) mod load;
 pub(crate) mod local;

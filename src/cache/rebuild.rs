@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::cache::keys::RedisKeys;
+use crate::cache::load::LoaderError;
 use crate::cache::remote::Remote;
 use crate::cache::stats::Counters;
 use crate::error::{Error, ErrorKind};
@@ -23,6 +24,7 @@ use crate::error::{Error, ErrorKind};
 /// caller's cancellation cannot cut it short), bounded by `load_timeout`,
 /// extending the lock while it runs when `lock` is given.
 pub(crate) async fn run_loader<V, F, Fut, E>(
+    key: &str,
     loader: F,
     load_timeout: Duration,
     lock: Option<(&Remote, &RedisKeys, &str, Duration)>,
@@ -32,9 +34,11 @@ where
     V: Send + 'static,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
-    E: std::error::Error + Send + Sync + 'static,
+    E: LoaderError,
 {
-    let mut task = tokio::spawn(async move { loader().await });
+    // Boxed inside the task: `E` itself need not be `Send` or `'static`
+    // (the box is), so any error `?` could box is a loader error.
+    let mut task = tokio::spawn(async move { loader().await.map_err(Into::into) });
     let timeout = tokio::time::sleep(load_timeout);
     tokio::pin!(timeout);
     // Without a lock the tick branch below is disabled (`held` is false), so
@@ -48,7 +52,7 @@ where
             joined = &mut task => {
                 return match joined {
                     Ok(Ok(value)) => Ok(value),
-                    Ok(Err(e)) => Err(Error::loader(e)),
+                    Ok(Err(e)) => Err(Error::loader(key, e)),
                     Err(e) if e.is_panic() => Err(Error::new(
                         ErrorKind::LoaderPanicked,
                         panic_message(e.into_panic()),
@@ -60,7 +64,7 @@ where
                 task.abort();
                 return Err(Error::new(
                     ErrorKind::LoadTimeout,
-                    format!("loader still running after {load_timeout:?}"),
+                    format!("for key {key:?}: still running after {load_timeout:?}"),
                 ));
             }
             _ = ticker.tick(), if held => {

@@ -88,6 +88,10 @@ impl Remote {
         self.layout.keys(key)
     }
 
+    pub(crate) fn namespace(&self) -> &str {
+        self.layout.namespace()
+    }
+
     pub(crate) fn advance_generation(&self, g: u64) -> bool {
         self.layout.advance_generation(g)
     }

@@ -48,8 +48,13 @@ counters! {
     /// `invalidate` or expiry) while the loader ran.
     lease_lost,
     /// Values in Redis that did not decode (old format, other type,
-    /// corruption); treated as misses and overwritten.
+    /// corruption); treated as misses and overwritten. The first one, then
+    /// at most one a minute, is logged with `tracing::warn!`.
     decode_errors,
+    /// Writes refused because the value did not decode back from its own
+    /// encoding ([`ErrorKind::Codec`](crate::ErrorKind::Codec)); nothing was
+    /// written. Logged as `decode_errors` are.
+    codec_errors,
     /// Redis commands that failed or timed out.
     redis_errors,
     /// Loads done without Redis because a Redis command failed.
