@@ -6,6 +6,7 @@
 //! | side | what one operation does |
 //! |---|---|
 //! | `raw_check_decr` | `EVALSHA` of `if GET n >= 1 then DECR n`: no idempotency, no per-user limit, no order message |
+//! | `raw_reserve_script` | `EVALSHA` of herdcache's own reserve script on a raw connection, with the same keys and arguments (copied from `src/stock/scripts.rs`): what Redis alone costs for the guarantees, so `herdcache_reserve` against it is what the library's client side costs |
 //! | `herdcache_reserve` | `stock.reserve(order, user, 1)`: the reserve script (answer lookup, per-user count, check, `DECRBY`, `XADD` of the order, answer stored) through the client's connection, breaker and bounds, and the answer parsed |
 //!
 //! The stock is large enough never to sell out during the run: every
@@ -86,6 +87,9 @@ fn main() {
         .build()
         .unwrap();
     let redis = support::RedisServer::start();
+    // The raw side has a server of its own, so that each server's
+    // `INFO commandstats` tells what one call costs Redis itself.
+    let raw_redis = support::RedisServer::start();
     rt.block_on(async {
         let client = Client::builder(redis.url())
             .redis_timeout(Duration::from_secs(5))
@@ -94,12 +98,19 @@ fn main() {
             .unwrap();
         let stock = client.stock("bench");
         stock.set_available(1 << 50).await.unwrap();
-        let conn = redis::Client::open(redis.url())
+        let conn = redis::Client::open(raw_redis.url())
             .unwrap()
             .get_multiplexed_async_connection()
             .await
             .unwrap();
         let script = redis::Script::new(MINIMAL);
+        let same = redis::Script::new(herdcache::__RESERVE_LUA);
+        let () = redis::cmd("SET")
+            .arg("hc:st:{raw}:n")
+            .arg(1u64 << 50)
+            .query_async(&mut conn.clone())
+            .await
+            .unwrap();
         let () = redis::cmd("SET")
             .arg("raw-stock")
             .arg(1u64 << 50)
@@ -107,6 +118,7 @@ fn main() {
             .await
             .unwrap();
         let (mut ratios, mut raw_all, mut herd_all) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut same_ratios, mut same_all) = (Vec::new(), Vec::new());
         let (mut raw_p99, mut herd_p99, mut raw_p50, mut herd_p50) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             let raw = {
@@ -124,6 +136,28 @@ fn main() {
                     }
                 }
             };
+            let same_script = {
+                let (conn, same) = (conn.clone(), same.clone());
+                move |t: u64, i: u64| {
+                    let (mut conn, same) = (conn.clone(), same.clone());
+                    async move {
+                        let answer: String = same
+                            .key("hc:st:{raw}:n")
+                            .key("hc:st:{raw}:a")
+                            .key("hc:st:{raw}:u")
+                            .key("hc:st:{raw}:o")
+                            .arg(format!("o{round}-{t}-{i}"))
+                            .arg("user")
+                            .arg(1)
+                            .arg(0)
+                            .arg("raw")
+                            .invoke_async(&mut conn)
+                            .await
+                            .unwrap();
+                        assert!(answer.starts_with("R|"));
+                    }
+                }
+            };
             let herd = {
                 let stock = stock.clone();
                 move |t: u64, i: u64| {
@@ -136,13 +170,23 @@ fn main() {
                 }
             };
             // Alternate which side goes first.
-            let (r, h) = if round % 2 == 0 {
+            let (r, s, h) = if round % 2 == 0 {
                 let r = run(secs, raw).await;
-                (r, run(secs, herd).await)
+                let s = run(secs, same_script).await;
+                (r, s, run(secs, herd).await)
             } else {
                 let h = run(secs, herd).await;
-                (run(secs, raw).await, h)
+                let s = run(secs, same_script).await;
+                (run(secs, raw).await, s, h)
             };
+            same_ratios.push(h.0 / s.0);
+            same_all.push(s.0);
+            println!(
+                "round {round}: same script raw {:.0}/s p50 {} p99 {} µs",
+                s.0,
+                support::percentile(&s.1, 0.5),
+                support::percentile(&s.1, 0.99)
+            );
             println!(
                 "round {round}: raw {:.0}/s p50 {} p99 {} µs | reserve {:.0}/s p50 {} p99 {} µs | ratio {:.3}",
                 r.0,
@@ -161,6 +205,24 @@ fn main() {
             raw_p99.push(support::percentile(&r.1, 0.99) as f64);
             herd_p99.push(support::percentile(&h.1, 0.99) as f64);
         }
+        println!(
+            "median: the same reserve script sent raw {:.0}/s; reserve against it {:.3} (the client's own cost)",
+            median(&mut same_all),
+            median(&mut same_ratios)
+        );
+        let usec = |server: &support::RedisServer| {
+            let info: String = redis::cmd("INFO").arg("commandstats").query(&mut server.connection()).unwrap();
+            info.lines()
+                .find(|l| l.starts_with("cmdstat_evalsha:"))
+                .and_then(|l| l.split(',').find(|f| f.starts_with("usec_per_call=")))
+                .map(|f| f.trim_start_matches("usec_per_call=").to_owned())
+                .unwrap_or_default()
+        };
+        println!(
+            "Redis CPU per call (INFO commandstats, usec_per_call of EVALSHA): raw server (minimal and same script mixed) {} µs, reserve {} µs",
+            usec(&raw_redis),
+            usec(&redis)
+        );
         println!(
             "median over {rounds} rounds, {TASKS} tasks: raw {:.0}/s, reserve {:.0}/s, throughput ratio {:.3}; \
              p50 {:.0} vs {:.0} µs, p99 {:.0} vs {:.0} µs",

@@ -93,3 +93,5 @@ pub use redis;
 pub use stock::inventory::{Cancellation, MAX_QTY, Reservation, Stock};
 pub use stock::keys::MAX_ID_LEN;
 pub use stock::orders::{Delivery, OrderConsumer, OrderEvent, Orders};
+#[doc(hidden)]
+pub use stock::scripts::RESERVE_LUA as __RESERVE_LUA;

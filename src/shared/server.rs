@@ -2,7 +2,7 @@
 //! every call. Each tool sends its commands and scripts through here, so
 //! every Redis call of the crate is bounded and skips a Redis that is down.
 
-use redis::{Cmd, FromRedisValue, RedisResult, ScriptInvocation};
+use redis::{Cmd, FromRedisValue, RedisResult, Script, ScriptInvocation};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +37,14 @@ pub(crate) fn breaker_open() -> redis::RedisError {
         std::io::ErrorKind::NotConnected,
         "Redis is unreachable (circuit breaker open)",
     ))
+}
+
+/// `EVALSHA <sha> <nkeys>`, to which the caller adds keys, then arguments
+/// (for [`Server::eval`]).
+pub(crate) fn evalsha(script: &Script, nkeys: usize) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(nkeys);
+    cmd
 }
 
 impl Server {
@@ -81,6 +89,35 @@ impl Server {
         let result = bounded(limit, script.invoke_async(&mut conn.conn)).await;
         self.link.check(&conn, &result);
         result
+    }
+
+    /// A breaker-checked script on the hot path: `cmd` is an `EVALSHA` of
+    /// `script` (from [`evalsha`]) with its keys and arguments, sent on
+    /// the connection as one command, bounded by its response timeout like
+    /// a plain `GET`. `ScriptInvocation::invoke_async` costs a boxed
+    /// future and, under our bound, a timer for every call; here only a
+    /// `NOSCRIPT` answer (the script cache was flushed: every new
+    /// connection loads the scripts, so not after a restart) pays for a
+    /// `SCRIPT LOAD` and a second try, bounded as a whole.
+    pub(crate) async fn eval<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        cmd: &Cmd,
+    ) -> RedisResult<T> {
+        self.call(async {
+            match self.link.query(cmd).await {
+                Err(e) if e.code() == Some("NOSCRIPT") => {
+                    bounded(self.timeout, async {
+                        let mut conn = self.link.get()?;
+                        script.load_async(&mut conn.conn).await?;
+                        self.link.query(cmd).await
+                    })
+                    .await
+                }
+                other => other,
+            }
+        })
+        .await
     }
 
     /// A breaker-checked script.

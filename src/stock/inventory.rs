@@ -7,16 +7,20 @@ use std::time::Duration;
 
 use crate::client::Client;
 use crate::error::{Error, ErrorKind};
+use crate::shared::server::evalsha;
 use crate::stock::keys::{StockKeys, check_id};
 use crate::stock::orders::Orders;
 use crate::stock::scripts::{CANCEL, RESERVE};
 
 /// The stock of one SKU, shared by the whole fleet. Cheap to clone; made
 /// with [`Client::stock`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Stock {
     pub(crate) client: Client,
     pub(crate) sku: Arc<str>,
+    /// Built once: a reserve writes no key names of its own. A bad SKU is
+    /// kept as its error, reported by every call.
+    keys: Result<Arc<StockKeys>, Error>,
     per_user_limit: u32,
 }
 
@@ -57,11 +61,22 @@ pub enum Cancellation {
 /// and exact in Lua's numbers.
 pub const MAX_QTY: u32 = 1_000_000;
 
+impl std::fmt::Debug for Stock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stock")
+            .field("sku", &self.sku)
+            .field("per_user_limit", &self.per_user_limit)
+            .finish()
+    }
+}
+
 impl Stock {
     pub(crate) fn new(client: Client, sku: String) -> Self {
+        let keys = StockKeys::new(&sku).map(Arc::new);
         Stock {
             client,
             sku: sku.into(),
+            keys,
             per_user_limit: 0,
         }
     }
@@ -79,8 +94,8 @@ impl Stock {
         &self.sku
     }
 
-    fn keys(&self) -> Result<StockKeys, Error> {
-        StockKeys::new(&self.sku)
+    pub(crate) fn keys(&self) -> Result<&StockKeys, Error> {
+        self.keys.as_deref().map_err(Clone::clone)
     }
 
     /// Sets the units available (a new sale, or a correction). Answers
@@ -173,11 +188,11 @@ impl Stock {
                 ));
             }
         };
-        let mut inv = RESERVE.prepare_invoke();
-        inv.key(&keys.available)
-            .key(&keys.answers)
-            .key(&keys.users)
-            .key(&keys.orders.stream)
+        let mut cmd = evalsha(&RESERVE, 4);
+        cmd.arg(&keys.available)
+            .arg(&keys.answers)
+            .arg(&keys.users)
+            .arg(&keys.orders.stream)
             .arg(order_id)
             .arg(user_id)
             .arg(qty)
@@ -186,7 +201,7 @@ impl Stock {
         let answer: String = self
             .client
             .server
-            .script(&inv)
+            .eval(&RESERVE, &cmd)
             .await
             .map_err(|e| Error::redis("reserve", e))?;
         parse_reservation(&answer).ok_or_else(|| {
@@ -210,18 +225,18 @@ impl Stock {
     pub async fn cancel(&self, order_id: &str) -> Result<Cancellation, Error> {
         let keys = self.keys()?;
         check_id("order id", order_id)?;
-        let mut inv = CANCEL.prepare_invoke();
-        inv.key(&keys.available)
-            .key(&keys.answers)
-            .key(&keys.users)
-            .key(&keys.cancelled)
-            .key(&keys.orders.stream)
+        let mut cmd = evalsha(&CANCEL, 5);
+        cmd.arg(&keys.available)
+            .arg(&keys.answers)
+            .arg(&keys.users)
+            .arg(&keys.cancelled)
+            .arg(&keys.orders.stream)
             .arg(order_id)
             .arg(&*self.sku);
         let answer: String = self
             .client
             .server
-            .script(&inv)
+            .eval(&CANCEL, &cmd)
             .await
             .map_err(|e| Error::redis("cancel", e))?;
         match answer.as_str() {

@@ -91,8 +91,8 @@ impl Orders {
         self
     }
 
-    fn keys(&self) -> Result<StockKeys, Error> {
-        StockKeys::new(&self.stock.sku)
+    fn keys(&self) -> Result<&StockKeys, Error> {
+        self.stock.keys()
     }
 
     /// Joins consumer group `group` as `name` (creating the group, from the
@@ -106,7 +106,7 @@ impl Orders {
         let keys = self.keys()?;
         let reader = GroupReader::join(
             self.stock.client.server.clone(),
-            keys.orders,
+            keys.orders.clone(),
             group,
             name,
             self.options,

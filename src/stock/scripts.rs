@@ -23,9 +23,10 @@ use std::sync::LazyLock;
 /// `N` if the SKU's stock was never set (nothing stored).
 /// KEYS: available, answers, users, orders stream.
 /// ARGV: order id, user id, qty, per-user limit (0: none), sku.
-pub(crate) static RESERVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+pub(crate) static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(RESERVE_LUA));
+
+/// The text of [`RESERVE`] (the stock bench runs it raw, as a baseline).
+pub const RESERVE_LUA: &str = r"
 local first = redis.call('HGET', KEYS[2], ARGV[1])
 if first then return first end
 local avail = redis.call('GET', KEYS[1])
@@ -45,9 +46,7 @@ else
 end
 redis.call('HSET', KEYS[2], ARGV[1], answer)
 return answer
-",
-    )
-});
+";
 
 /// Cancel: gives a reserved order's units back once, and records the
 /// cancellation in the order stream.
