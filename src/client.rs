@@ -16,7 +16,7 @@ use crate::queue::Queue;
 use crate::rate::counter::Counter;
 use crate::rate::limiter::RateLimiter;
 use crate::shared::breaker::Breaker;
-use crate::shared::link::Link;
+use crate::shared::link::{Link, Target as LinkTarget};
 use crate::shared::server::Server;
 use crate::stock::inventory::Stock;
 
@@ -44,6 +44,12 @@ impl std::fmt::Debug for Client {
 enum Target {
     Url(String),
     Redis(redis::Client),
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+        /// Username (optional) and password for the master and replicas.
+        auth: Option<(Option<String>, String)>,
+    },
 }
 
 /// Builds a [`Client`]; start with [`Client::builder`] or
@@ -76,6 +82,43 @@ impl Client {
     /// A builder for a client of the Redis at `url`.
     pub fn builder(url: impl Into<String>) -> ClientBuilder {
         ClientBuilder::new(Target::Url(url.into()))
+    }
+
+    /// Connects to the master that Redis Sentinel names `master_name`,
+    /// asking the sentinels at `sentinel_urls` (`redis://host:26379`). The
+    /// sentinels are asked again on every reconnection, so a failover is
+    /// followed without a restart: the old master's loss, its `READONLY`
+    /// answers once demoted, or (for a process that only reads) a heartbeat
+    /// `ROLE` that no longer says `master` starts a reconnection to the new
+    /// one. Every tool made from the client works unchanged.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] for no sentinel or a bad URL;
+    /// [`ErrorKind::Redis`] if no sentinel answers with a reachable master
+    /// within `redis_timeout`.
+    pub async fn sentinel<S: AsRef<str>>(
+        sentinel_urls: &[S],
+        master_name: &str,
+    ) -> Result<Client, Error> {
+        Client::sentinel_builder(sentinel_urls, master_name)
+            .connect()
+            .await
+    }
+
+    /// A builder for [`Client::sentinel`], for its settings (and
+    /// [`ClientBuilder::master_auth`]).
+    pub fn sentinel_builder<S: AsRef<str>>(
+        sentinel_urls: &[S],
+        master_name: &str,
+    ) -> ClientBuilder {
+        ClientBuilder::new(Target::Sentinel {
+            sentinels: sentinel_urls
+                .iter()
+                .map(|u| u.as_ref().to_owned())
+                .collect(),
+            master: master_name.to_owned(),
+            auth: None,
+        })
     }
 
     /// A builder from a `redis::Client`, for settings a URL cannot carry.
@@ -177,6 +220,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Under Sentinel: the ACL user (or `None` for `default`) and password
+    /// of the master and replicas (the sentinels' own credentials go in
+    /// their URLs). Ignored for other targets.
+    pub fn master_auth(mut self, username: Option<&str>, password: &str) -> Self {
+        if let Target::Sentinel { auth, .. } = &mut self.target {
+            *auth = Some((username.map(str::to_owned), password.to_owned()));
+        }
+        self
+    }
+
     /// Connects (or, with [`connect_lazy`](Self::connect_lazy), starts
     /// connecting). Must run inside a Tokio runtime; the connection's task
     /// lives on that runtime.
@@ -192,21 +245,54 @@ impl ClientBuilder {
                 "redis_timeout must be above zero",
             ));
         }
-        let client = match self.target {
-            Target::Url(url) => redis::Client::open(url.as_str()).map_err(|e| {
-                Error::with_source(ErrorKind::Config, format!("bad Redis URL {url:?}"), e)
-            })?,
-            Target::Redis(client) => client,
+        let force_resp3 = |client: redis::Client| {
+            // Push messages need RESP3; force it rather than make users
+            // remember.
+            let info = client.get_connection_info().clone();
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            redis::Client::open(info.set_redis_settings(settings))
+                .map_err(|e| Error::with_source(ErrorKind::Config, "Redis client", e))
         };
-        // Push messages need RESP3; force it rather than make users remember.
-        let info = client.get_connection_info().clone();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))
-            .map_err(|e| Error::with_source(ErrorKind::Config, "Redis client", e))?;
-        let link = Link::open(client, self.redis_timeout, all_scripts(), self.lazy)
+        let target = match self.target {
+            Target::Url(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(|e| {
+                    Error::with_source(ErrorKind::Config, format!("bad Redis URL {url:?}"), e)
+                })?;
+                LinkTarget::Direct(force_resp3(client)?)
+            }
+            Target::Redis(client) => LinkTarget::Direct(force_resp3(client)?),
+            Target::Sentinel {
+                sentinels,
+                master,
+                auth,
+            } => {
+                if sentinels.is_empty() {
+                    return Err(Error::new(ErrorKind::Config, "no sentinel URL given"));
+                }
+                let mut info =
+                    redis::RedisConnectionInfo::default().set_protocol(ProtocolVersion::RESP3);
+                if let Some((user, password)) = auth {
+                    if let Some(user) = user {
+                        info = info.set_username(user);
+                    }
+                    info = info.set_password(password);
+                }
+                let node = redis::sentinel::SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(info);
+                let sentinel = redis::sentinel::SentinelClient::build(
+                    sentinels.iter().map(String::as_str).collect(),
+                    master,
+                    Some(node),
+                    redis::sentinel::SentinelServerType::Master,
+                )
+                .map_err(|e| Error::with_source(ErrorKind::Config, "bad sentinel URL", e))?;
+                LinkTarget::Sentinel(tokio::sync::Mutex::new(sentinel))
+            }
+        };
+        let link = Link::open(target, self.redis_timeout, all_scripts(), self.lazy)
             .await
             .map_err(|e| Error::redis("connect", e))?;
         let server = Arc::new(Server {

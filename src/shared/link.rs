@@ -37,6 +37,8 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+use crate::shared::server::bounded;
+
 /// How long the reconnect task waits between two failed attempts. Each
 /// attempt is itself bounded by `redis_timeout`; a Redis that is back is
 /// used again within about this long.
@@ -181,8 +183,28 @@ impl Drop for Listening {
     }
 }
 
+/// Where the connection goes: one Redis, or the master that Redis
+/// Sentinel names at the time of each (re)connection.
+pub(crate) enum Target {
+    Direct(Client),
+    /// Asked anew on every connection attempt, so a failover is followed
+    /// by the reconnect that the old master's loss (or its demotion, seen
+    /// as `READONLY`) starts. The sentinel client checks with `ROLE` that
+    /// the address it was given is a master.
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+}
+
+impl Target {
+    async fn client(&self) -> RedisResult<Client> {
+        match self {
+            Target::Direct(client) => Ok(client.clone()),
+            Target::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await,
+        }
+    }
+}
+
 pub(crate) struct Link {
-    client: Client,
+    target: Target,
     /// Timeouts only; each connection adds its own push sender.
     config: AsyncConnectionConfig,
     router: Arc<Router>,
@@ -238,14 +260,14 @@ impl Link {
     /// connection is made by the reconnect task, and calls fail at once
     /// (as in an outage) until it is up.
     pub(crate) async fn open(
-        client: Client,
+        target: Target,
         timeout: Duration,
         scripts: Vec<&'static Script>,
         lazy: bool,
     ) -> RedisResult<Arc<Link>> {
         let (lost, lost_rx) = mpsc::unbounded_channel();
         let link = Arc::new(Link {
-            client,
+            target,
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(timeout))
                 .set_response_timeout(Some(timeout)),
@@ -326,8 +348,9 @@ impl Link {
             Ok::<(), std::convert::Infallible>(())
         };
         let config = self.config.clone().set_push_sender(on_push);
-        let mut conn = self
-            .client
+        // Asking the sentinels is bounded like the connection itself.
+        let client = bounded(self.timeout, self.target.client()).await?;
+        let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         let _order = self.subscriptions.lock().await;
@@ -367,7 +390,9 @@ impl Link {
     /// Redis that is merely slow for that long, it costs one reconnect.
     pub(crate) fn check<T>(&self, conn: &Conn, result: &RedisResult<T>) {
         match result {
-            Err(e) if e.is_connection_dropped() => {
+            // `READONLY`: the server was demoted to a replica (a failover
+            // moved the master): reconnect, which asks the sentinels anew.
+            Err(e) if e.is_connection_dropped() || e.code() == Some("READONLY") => {
                 let _ = self.lost.send(conn.serial);
             }
             Err(e) if e.is_timeout() => {
@@ -428,9 +453,29 @@ impl Link {
             .config
             .clone()
             .set_response_timeout(Some(response_timeout));
-        self.client
+        bounded(self.timeout, self.target.client())
+            .await?
             .get_multiplexed_async_connection_with_config(&config)
             .await
+    }
+
+    /// The heartbeat: a `PING`, or under Sentinel a `ROLE`, so that a
+    /// process that only reads notices when its server stops being the
+    /// master (a failover that demoted it without closing connections).
+    async fn heartbeat(&self) {
+        match self.target {
+            Target::Direct(_) => {
+                let _: RedisResult<String> = self.query(&redis::cmd("PING")).await;
+            }
+            Target::Sentinel(_) => {
+                let role: RedisResult<Vec<redis::Value>> = self.query(&redis::cmd("ROLE")).await;
+                if let (Ok(role), Ok(conn)) = (role, self.get())
+                    && !matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master")
+                {
+                    let _ = self.lost.send(conn.serial);
+                }
+            }
+        }
     }
 
     /// One command on the current connection.
@@ -488,7 +533,7 @@ async fn reconnect_task(link: Weak<Link>, mut lost: mpsc::UnboundedReceiver<u64>
                 let link = link.clone();
                 tokio::spawn(async move {
                     if let Some(l) = link.upgrade() {
-                        let _: RedisResult<String> = l.query(&redis::cmd("PING")).await;
+                        l.heartbeat().await;
                     }
                 });
                 continue;

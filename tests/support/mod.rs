@@ -18,6 +18,9 @@ pub struct RedisServer {
     /// With persistence: its own data directory (kept across restarts,
     /// removed on drop).
     data_dir: Option<PathBuf>,
+    /// More `redis-server` arguments (a replica's `--replicaof`, TLS, ACL),
+    /// kept for restarts.
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -32,17 +35,23 @@ impl RedisServer {
     /// Starts a server on a free port, retrying if another process grabbed
     /// the port between our probe and Redis' bind.
     pub fn start() -> Self {
-        Self::start_inner(false)
+        Self::start_inner(false, Vec::new())
+    }
+
+    /// A server started with more arguments (`--replicaof 127.0.0.1 P`,
+    /// `--tls-port …`); they are used again on restart.
+    pub fn start_with(extra: &[String]) -> Self {
+        Self::start_inner(false, extra.to_vec())
     }
 
     /// A server that logs every write to its append-only file and fsyncs
     /// it before answering (`appendonly yes`, `appendfsync always`): what
     /// it acknowledged survives [`restart`](Self::restart).
     pub fn start_durable() -> Self {
-        Self::start_inner(true)
+        Self::start_inner(true, Vec::new())
     }
 
-    fn start_inner(durable: bool) -> Self {
+    fn start_inner(durable: bool, extra: Vec<String>) -> Self {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
@@ -57,6 +66,7 @@ impl RedisServer {
                 port,
                 log: PathBuf::new(),
                 data_dir,
+                extra: extra.clone(),
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -84,6 +94,7 @@ impl RedisServer {
                 .args(["--appendonly", "no"])
                 .args(["--dir", &std::env::temp_dir().to_string_lossy()]),
         };
+        cmd.args(&self.extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
