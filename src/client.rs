@@ -57,6 +57,9 @@ enum Target {
 #[must_use = "a builder does nothing until .connect().await"]
 pub struct ClientBuilder {
     target: Target,
+    /// PEM of the CA that signed the server's certificate (`rediss://`).
+    #[cfg(feature = "tls")]
+    root_cert: Option<Vec<u8>>,
     redis_timeout: Duration,
     breaker_cooldown: Duration,
     lazy: bool,
@@ -182,6 +185,8 @@ impl ClientBuilder {
     fn new(target: Target) -> Self {
         ClientBuilder {
             target,
+            #[cfg(feature = "tls")]
+            root_cert: None,
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
             lazy: false,
@@ -217,6 +222,15 @@ impl ClientBuilder {
     /// (compose, Kubernetes). The URL is still checked at once.
     pub fn connect_lazy(mut self, lazy: bool) -> Self {
         self.lazy = lazy;
+        self
+    }
+
+    /// Trust the server's certificate if it is signed by this CA (PEM),
+    /// instead of the system's trust store: for a `rediss://` URL with a
+    /// private CA. Feature `tls`.
+    #[cfg(feature = "tls")]
+    pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_cert = Some(pem.into());
         self
     }
 
@@ -258,8 +272,25 @@ impl ClientBuilder {
         };
         let target = match self.target {
             Target::Url(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(|e| {
-                    Error::with_source(ErrorKind::Config, format!("bad Redis URL {url:?}"), e)
+                #[cfg(feature = "tls")]
+                let client = match self.root_cert {
+                    Some(pem) => redis::Client::build_with_tls(
+                        url.as_str(),
+                        redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(pem),
+                        },
+                    ),
+                    None => redis::Client::open(url.as_str()),
+                };
+                #[cfg(not(feature = "tls"))]
+                let client = redis::Client::open(url.as_str());
+                let client = client.map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::Config,
+                        format!("bad Redis URL {}", redact(&url)),
+                        e,
+                    )
                 })?;
                 LinkTarget::Direct(force_resp3(client)?)
             }
@@ -305,6 +336,18 @@ impl ClientBuilder {
             server,
             locks: Arc::default(),
         })
+    }
+}
+
+/// The URL without its password, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -378,6 +421,13 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact("rediss://app:secret@h:1/"), "rediss://app:***@h:1/");
+        assert_eq!(redact("redis://:pw@h:1"), "redis://:***@h:1");
+        assert_eq!(redact("redis://h:1/"), "redis://h:1/");
     }
 
     #[test]
