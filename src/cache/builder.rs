@@ -61,7 +61,7 @@ impl Default for Config {
 
 enum RedisSource {
     Url(String),
-    Client(redis::Client),
+    Client(Box<redis::Client>),
     /// A [`Client`] the cache shares with other tools.
     Shared(Client),
 }
@@ -136,7 +136,7 @@ impl<V, C: Codec> CacheBuilder<V, C> {
     /// a URL cannot carry). The cache opens its own connection from it,
     /// because it needs a push channel and its own timeouts on it.
     pub fn client(mut self, client: redis::Client) -> Self {
-        self.redis = Some(RedisSource::Client(client));
+        self.redis = Some(RedisSource::Client(Box::new(client)));
         self
     }
 
@@ -398,7 +398,7 @@ where
             Some(source) => {
                 let builder = match source {
                     RedisSource::Url(url) => Client::builder(url),
-                    RedisSource::Client(client) => Client::from_redis(client),
+                    RedisSource::Client(client) => Client::from_redis(*client),
                     RedisSource::Shared(_) => unreachable!("handled above"),
                 };
                 builder
