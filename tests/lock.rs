@@ -146,10 +146,12 @@ async fn the_watchdog_keeps_a_short_lease_and_lost_fires_when_redis_hangs() {
     tokio::time::timeout(lease + Duration::from_millis(50), lost)
         .await
         .expect("lost() fired within the lease");
+    let fired = t.elapsed();
     assert!(!guard.is_held());
     redis.thaw();
-    let fired = t.elapsed();
-    assert!(fired <= lease, "lost after {fired:?}");
+    // Within the lease after the freeze (the last renewal was before it),
+    // give or take a timer tick.
+    assert!(fired <= lease + Duration::from_millis(5), "lost after {fired:?}");
     drop(guard);
 }
 

@@ -37,6 +37,7 @@ use crate::lock::queue::Queues;
 use crate::lock::single::{DEFAULT_LEASE, MIN_LEASE, POLL_MAX};
 use crate::shared::new_token;
 use crate::shared::scripts::{EXTEND, RELEASE, TRY_LOCK};
+use crate::shared::server::evalsha;
 
 /// The default bound on each master's answer: a master slower than this
 /// counts as a "no" for that attempt.
@@ -113,12 +114,11 @@ impl Majority {
     /// (taken, answered, longest pttl among holders).
     async fn take(&self) -> (usize, usize, Duration) {
         let calls = self.masters.iter().map(|m| async {
-            let mut inv = TRY_LOCK.prepare_invoke();
-
-            inv.key(&self.keys.lock)
+            let mut cmd = evalsha(&TRY_LOCK, 1);
+            cmd.arg(&self.keys.lock)
                 .arg(&self.token)
                 .arg(ms(self.lease));
-            m.server.script::<i64>(&inv).await
+            m.server.eval::<i64>(&TRY_LOCK, &cmd).await
         });
         let answers = futures_util::future::join_all(calls).await;
         let mut taken = 0;
@@ -139,12 +139,11 @@ impl Majority {
 impl Holder for Majority {
     async fn renew(&self) -> Renewal {
         let calls = self.masters.iter().map(|m| async {
-            let mut inv = EXTEND.prepare_invoke();
-
-            inv.key(&self.keys.lock)
+            let mut cmd = evalsha(&EXTEND, 1);
+            cmd.arg(&self.keys.lock)
                 .arg(&self.token)
                 .arg(ms(self.lease));
-            m.server.script::<i64>(&inv).await
+            m.server.eval::<i64>(&EXTEND, &cmd).await
         });
         let answers = futures_util::future::join_all(calls).await;
         let renewed = answers.iter().filter(|a| matches!(a, Ok(1))).count();
@@ -161,13 +160,12 @@ impl Holder for Majority {
 
     async fn release(&self) -> Result<bool, Error> {
         let calls = self.masters.iter().map(|m| async {
-            let mut inv = RELEASE.prepare_invoke();
-
-            inv.key(&self.keys.lock)
+            let mut cmd = evalsha(&RELEASE, 1);
+            cmd.arg(&self.keys.lock)
                 .arg(&self.token)
                 .arg(&self.keys.channel)
                 .arg("r");
-            m.server.script::<i64>(&inv).await
+            m.server.eval::<i64>(&RELEASE, &cmd).await
         });
         let answers = futures_util::future::join_all(calls).await;
         let released = answers.iter().filter(|a| matches!(a, Ok(1))).count();

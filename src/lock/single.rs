@@ -14,7 +14,7 @@ use crate::lock::queue::QueueRef;
 use crate::lock::scripts::ACQUIRE;
 use crate::shared::new_token;
 use crate::shared::scripts::{EXTEND, RELEASE};
-use crate::shared::server::Server;
+use crate::shared::server::{Server, evalsha};
 
 /// The lease of a lock taken with no [`Lock::lease`]: 10 s. A holder that
 /// crashes blocks the name for at most this long; a live holder keeps it
@@ -92,12 +92,11 @@ const FENCE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl Holder for Single {
     async fn renew(&self) -> Renewal {
-        let mut inv = EXTEND.prepare_invoke();
-
-        inv.key(&self.keys.lock)
+        let mut cmd = evalsha(&EXTEND, 1);
+        cmd.arg(&self.keys.lock)
             .arg(&self.token)
             .arg(ms(self.lease));
-        match self.server.script::<i64>(&inv).await {
+        match self.server.eval::<i64>(&EXTEND, &cmd).await {
             Ok(1) => Renewal::Renewed,
             Ok(_) => Renewal::NotHeld,
             Err(_) => Renewal::Unknown,
@@ -105,15 +104,14 @@ impl Holder for Single {
     }
 
     async fn release(&self) -> Result<bool, Error> {
-        let mut inv = RELEASE.prepare_invoke();
-
-        inv.key(&self.keys.lock)
+        let mut cmd = evalsha(&RELEASE, 1);
+        cmd.arg(&self.keys.lock)
             .arg(&self.token)
             .arg(&self.keys.channel)
             .arg("r");
         let n: i64 = self
             .server
-            .script(&inv)
+            .eval(&RELEASE, &cmd)
             .await
             .map_err(|e| Error::redis("release lock", e))?;
         Ok(n == 1)
@@ -296,10 +294,9 @@ impl Lock {
     /// holder's lease still runs.
     async fn attempt(&self, keys: &Arc<LockKeys>, token: &str) -> Result<Attempt, Error> {
         let server = &self.client.server;
-        let mut inv = ACQUIRE.prepare_invoke();
-
-        inv.key(&keys.lock)
-            .key(&keys.fence)
+        let mut cmd = evalsha(&ACQUIRE, 2);
+        cmd.arg(&keys.lock)
+            .arg(&keys.fence)
             .arg(token)
             .arg(ms(self.lease))
             .arg(ms(FENCE_TTL.max(self.lease)));
@@ -307,7 +304,7 @@ impl Lock {
         let mut in_flight = InFlight {
             single: Some((server, keys, token)),
         };
-        let reply = server.script::<Value>(&inv).await;
+        let reply = server.eval::<Value>(&ACQUIRE, &cmd).await;
         in_flight.single = None;
         let reply = reply.map_err(|e| Error::redis("acquire lock", e))?;
         let parsed: Option<(i64, i64)> = match &reply {
