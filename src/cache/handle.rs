@@ -134,23 +134,30 @@ where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     {
-        // For a `&str` key this is the identity (see `key.rs`): the L1 hit
-        // below costs what it did before keys were generic.
+        let inner = &self.inner;
+        // The L1 hit works on a key string that is not kept across an
+        // `.await`, so it is never stored in this future's state: with a
+        // `&str` key the hit costs what it did before keys were generic
+        // (storing the `Key` and reading it back cost 7 instructions a hit;
+        // docs/BENCHMARKS.md). Past a miss the key is made again, for keeps.
+        let stale = {
+            let key = key.to_key();
+            let key = key.as_str();
+            check_key(key)?;
+            match inner.local.get(key) {
+                Some((entry, now)) if now < entry.fresh_until => {
+                    Counters::bump(&inner.stats.l1_hits);
+                    if entry.refresh_early(now) {
+                        inner.refresh_early(key, &entry, loader);
+                    }
+                    return Ok(entry.value);
+                }
+                Some((entry, _)) => Some(entry.value),
+                None => None,
+            }
+        };
         let key = key.to_key();
         let key: &str = key.as_str();
-        check_key(key)?;
-        let inner = &self.inner;
-        let stale = match inner.local.get(key) {
-            Some((entry, now)) if now < entry.fresh_until => {
-                Counters::bump(&inner.stats.l1_hits);
-                if entry.refresh_early(now) {
-                    inner.refresh_early(key, &entry, loader);
-                }
-                return Ok(entry.value);
-            }
-            Some((entry, _)) => Some(entry.value),
-            None => None,
-        };
         // The L2 hit's fast path: a plain GET with no flight, if no other
         // plain read of this key's lane is under way (see `local::Lanes`).
         // What it cannot settle (a miss, a stale or unusable value) goes on
