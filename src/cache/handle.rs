@@ -255,8 +255,8 @@ where
     /// # Errors
     /// [`ErrorKind::Redis`] if L1 has no fresh value and Redis fails or is
     /// marked down by the breaker. Bytes that do not decode read as `None`
-    /// (and are counted in [`Stats::decode_errors`], and logged: see
-    /// [`Stats::decode_errors`]).
+    /// (counted in [`Stats::decode_errors`] and logged, at most once a
+    /// minute per cache).
     pub async fn get<K: CacheKey>(&self, key: K) -> Result<Option<Arc<V>>, Error> {
         let key = key.to_key();
         let key: &str = key.as_str();
@@ -493,7 +493,9 @@ where
     /// `ttl + stale_for + load_timeout` has passed: by then every copy of
     /// the old value has expired on its own (Redis keeps a value for `ttl +
     /// stale_for`, and a load that read the old row before this call fills
-    /// within `load_timeout`).
+    /// within `load_timeout`). A value given a longer TTL by
+    /// [`set_with_ttl`](Self::set_with_ttl) or
+    /// [`ttl_for`](CacheBuilder::ttl_for) can outlive that bound.
     ///
     /// What readers can see until the retry lands: this process, the new
     /// row or a miss, except that a read finding Redis up before the retry
