@@ -25,7 +25,7 @@ use std::sync::LazyLock;
 /// ARGV: order id, user id, qty, per-user limit (0: none), sku.
 pub(crate) static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(RESERVE_LUA));
 
-/// The text of [`RESERVE`] (the stock bench runs it raw, as a baseline).
+/// The text of the reserve script (the stock bench runs it raw, as a baseline).
 pub const RESERVE_LUA: &str = r"
 local first = redis.call('HGET', KEYS[2], ARGV[1])
 if first then return first end
