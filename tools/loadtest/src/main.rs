@@ -1,11 +1,14 @@
 //! `loadtest`: herdcache against three other ways of reading through a
 //! cache, in real worker processes sharing one Redis; with `--scenario
-//! lock`, herdcache's lock against two common Redis locks.
+//! lock`, herdcache's lock against two common Redis locks; with `--scenario
+//! seckill`, herdcache's flash-sale stock against three common ways of
+//! selling it.
 //!
 //! ```text
 //! cargo run --release -p herdcache-loadtest                    # cold-key stampede, all four strategies
 //! cargo run --release -p herdcache-loadtest -- --duration 10s --keys 100 --dist zipf --ttl-ms 1000
 //! cargo run --release -p herdcache-loadtest -- --scenario lock # locks: sections/s, hand-off latency
+//! cargo run --release -p herdcache-loadtest -- --scenario seckill --chart sale.svg # flash sale: oversold, orders, accepted/s
 //! ```
 //!
 //! The parent process starts a throwaway `redis-server` (unless `REDIS_URL`
@@ -23,6 +26,7 @@
 //! | `report.rs` | merging the workers' results; table and JSON output |
 //! | `chart.rs` | `--chart`: p99 latency over time as SVG |
 //! | `lock/` | `--scenario lock`: its strategies, worker, report (see `lock/mod.rs`) |
+//! | `seckill/` | `--scenario seckill`: its strategies, worker, report, chart (see `seckill/mod.rs`) |
 
 // The test suite's throwaway Redis: one implementation of "start a
 // redis-server on a free loopback port, kill it on drop" for the tests, the
@@ -34,6 +38,7 @@ mod chart;
 mod db;
 mod lock;
 mod report;
+mod seckill;
 mod strategies;
 mod worker;
 
@@ -47,6 +52,7 @@ use std::time::{Duration, Instant};
 
 use lock::strategies::LockStrategy;
 use report::{Report, Settings, StrategyResult};
+use seckill::strategies::SeckillStrategy;
 use strategies::{LoaderKind, Strategy};
 use worker::{Dist, WorkerSpec, now_ms};
 
@@ -58,7 +64,8 @@ pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
     version,
     about = "Compare herdcache with plain cache-aside, a naive Redis lock and per-process \
              coalescing, in real processes sharing one Redis (--scenario stampede, the default); \
-             or herdcache's lock with two common Redis locks (--scenario lock).",
+             herdcache's lock with two common Redis locks (--scenario lock); or herdcache's \
+             flash-sale stock with three common ways of selling it (--scenario seckill).",
     long_about = None,
     args_conflicts_with_subcommands = true
 )]
@@ -87,6 +94,14 @@ enum Cmd {
         #[arg(long)]
         index: usize,
     },
+    /// One worker process of `--scenario seckill`; started by the tool itself.
+    #[command(hide = true)]
+    SeckillWorker {
+        #[arg(long)]
+        spec: String,
+        #[arg(long)]
+        index: usize,
+    },
 }
 
 /// What a run measures.
@@ -96,11 +111,14 @@ enum Scenario {
     Stampede,
     /// Distributed locks: critical sections per second, hand-off latency.
     Lock,
+    /// A flash sale: units sold against the stock, orders persisted,
+    /// accepted orders per second.
+    Seckill,
 }
 
-/// Options of one scenario only (clap ids): giving one to the other
+/// Options of one scenario only (clap ids): giving one to another
 /// scenario is an error rather than silently ignored.
-const STAMPEDE_ONLY: [&str; 11] = [
+const STAMPEDE_ONLY: [&str; 10] = [
     "keys",
     "dist",
     "zipf_s",
@@ -111,31 +129,70 @@ const STAMPEDE_ONLY: [&str; 11] = [
     "stale_ms",
     "early_refresh_beta",
     "cold",
-    "chart",
 ];
 const LOCK_ONLY: [&str; 4] = ["locks", "hold_ms", "think_ms", "count"];
+const SECKILL_ONLY: [&str; 5] = ["stock", "buyers", "max_qty", "watch_retries", "naive_yield"];
 
-/// Every strategy name of both scenarios, for `--strategy`.
+/// The options (clap ids) `scenario` does not take.
+fn foreign_options(scenario: Scenario) -> Vec<&'static str> {
+    let (mut v, extra): (Vec<&str>, &[&str]) = match scenario {
+        Scenario::Stampede => ([&LOCK_ONLY[..], &SECKILL_ONLY].concat(), &[]),
+        Scenario::Lock => ([&STAMPEDE_ONLY[..], &SECKILL_ONLY].concat(), &["chart"]),
+        Scenario::Seckill => ([&STAMPEDE_ONLY[..], &LOCK_ONLY].concat(), &["duration"]),
+    };
+    v.extend_from_slice(extra);
+    v
+}
+
+/// The strategy names of each scenario.
+fn scenario_strategies() -> [(&'static str, Vec<&'static str>); 3] {
+    [
+        ("stampede", Strategy::ALL.iter().map(|s| s.name()).collect()),
+        ("lock", LockStrategy::ALL.iter().map(|s| s.name()).collect()),
+        (
+            "seckill",
+            SeckillStrategy::ALL.iter().map(|s| s.name()).collect(),
+        ),
+    ]
+}
+
+/// Every strategy name of every scenario, for `--strategy`.
 fn strategy_names() -> clap::builder::PossibleValuesParser {
-    let mut names: Vec<&'static str> = Strategy::ALL.iter().map(|s| s.name()).collect();
-    for s in LockStrategy::ALL {
-        if !names.contains(&s.name()) {
-            names.push(s.name());
+    let mut names: Vec<&'static str> = Vec::new();
+    for (_, of) in scenario_strategies() {
+        for name in of {
+            if !names.contains(&name) {
+                names.push(name);
+            }
         }
     }
     clap::builder::PossibleValuesParser::new(names)
 }
 
+/// The error for a `--strategy` that `scenario` does not have.
+fn not_a_strategy_of(name: &str, scenario: &str) -> String {
+    let of: Vec<&str> = scenario_strategies()
+        .into_iter()
+        .filter(|(_, names)| names.contains(&name))
+        .map(|(s, _)| s)
+        .collect();
+    format!(
+        "--strategy {name} is not a strategy of --scenario {scenario} (it is one of --scenario {})",
+        of.join(", ")
+    )
+}
+
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// What to measure: reading through a cache (stampede) or distributed
-    /// locks (lock).
+    /// What to measure: reading through a cache (stampede), distributed
+    /// locks (lock) or a flash sale (seckill).
     #[arg(long, value_enum, default_value_t = Scenario::Stampede)]
     scenario: Scenario,
     /// Worker processes per strategy (each with its own runtime, L1 and connections).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     processes: u16,
-    /// Concurrent tasks (callers) per process [default: 50; lock: 4].
+    /// Concurrent tasks (callers) per process [default: 50; lock: 4;
+    /// seckill: 50].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     tasks: Option<u32>,
     /// Distinct keys requested.
@@ -180,13 +237,15 @@ struct RunArgs {
     cold: bool,
     /// Strategies to compare, in order (repeat the flag or use a comma
     /// list). Stampede: none, naive-lock, local, herdcache. Lock:
-    /// setnx-sleep, retry-jitter, herdcache. [default: all of the scenario's]
+    /// setnx-sleep, retry-jitter, herdcache. Seckill: naive, decr-undo,
+    /// watch, herdcache. [default: all of the scenario's]
     #[arg(long, value_delimiter = ',', value_parser = strategy_names())]
     strategy: Vec<String>,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     json: bool,
-    /// Write an SVG chart of p99 latency over time per strategy.
+    /// Write an SVG chart: p99 latency over time per strategy (stampede);
+    /// units sold over time with each sell-out marked (seckill).
     #[arg(long, value_name = "PATH.svg")]
     chart: Option<PathBuf>,
     /// Lock: distinct lock names; each acquisition picks one at random
@@ -205,6 +264,26 @@ struct RunArgs {
     /// at --duration, whichever comes first).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     count: Option<u64>,
+    /// Seckill: units on sale, set on a fresh key for each strategy
+    /// [default: 1000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    stock: Option<u64>,
+    /// Seckill: buyers, one attempt (one order) each, across all processes
+    /// [default: 10000].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    buyers: Option<u32>,
+    /// Seckill: each buyer asks for 1 to this many units (the same buyer
+    /// asks for the same number in every strategy's run) [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_qty: Option<u32>,
+    /// Seckill: how many times `watch` tries one buyer's transaction
+    /// before refusing the buyer [default: 50].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=255))]
+    watch_retries: Option<u32>,
+    /// Seckill: `naive` yields to the scheduler between its GET check and
+    /// its DECR (a wider race window; off by default).
+    #[arg(long)]
+    naive_yield: bool,
 }
 
 fn main() -> ExitCode {
@@ -215,6 +294,10 @@ fn main() -> ExitCode {
         Some(Cmd::LockWorker { spec, index }) => (
             format!("lock worker {index}"),
             lock_worker_main(&spec, index),
+        ),
+        Some(Cmd::SeckillWorker { spec, index }) => (
+            format!("seckill worker {index}"),
+            seckill_worker_main(&spec, index),
         ),
         None => ("loadtest".to_owned(), run(cli.run, &matches)),
     };
@@ -245,13 +328,23 @@ fn lock_worker_main(spec: &str, index: usize) -> Res<()> {
     Ok(())
 }
 
+fn seckill_worker_main(spec: &str, index: usize) -> Res<()> {
+    let spec: seckill::worker::Spec = serde_json::from_str(spec)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(seckill::worker::run(spec, index))?;
+    Ok(())
+}
+
 fn run(a: RunArgs, matches: &ArgMatches) -> Res<()> {
     let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
-    let (scenario, foreign) = match a.scenario {
-        Scenario::Stampede => ("stampede", &LOCK_ONLY[..]),
-        Scenario::Lock => ("lock", &STAMPEDE_ONLY[..]),
+    let scenario = match a.scenario {
+        Scenario::Stampede => "stampede",
+        Scenario::Lock => "lock",
+        Scenario::Seckill => "seckill",
     };
-    if let Some(id) = foreign.iter().find(|id| given(id)) {
+    if let Some(id) = foreign_options(a.scenario).iter().find(|id| given(id)) {
         return Err(format!(
             "--{} is not an option of --scenario {scenario}",
             id.replace('_', "-")
@@ -261,14 +354,44 @@ fn run(a: RunArgs, matches: &ArgMatches) -> Res<()> {
     match a.scenario {
         Scenario::Stampede => run_stampede(a),
         Scenario::Lock => run_lock(a),
+        Scenario::Seckill => run_seckill(a),
     }
+}
+
+fn run_seckill(a: RunArgs) -> Res<()> {
+    let mut strategies = Vec::new();
+    for name in &a.strategy {
+        let s = <SeckillStrategy as clap::ValueEnum>::from_str(name, false)
+            .map_err(|_| not_a_strategy_of(name, "seckill"))?;
+        if !strategies.contains(&s) {
+            strategies.push(s);
+        }
+    }
+    if strategies.is_empty() {
+        strategies = SeckillStrategy::ALL.to_vec();
+    }
+    seckill::run(
+        seckill::Options {
+            processes: usize::from(a.processes),
+            tasks: a.tasks.unwrap_or(50) as usize,
+            stock: a.stock.unwrap_or(1000),
+            buyers: a.buyers.unwrap_or(10_000),
+            max_qty: a.max_qty.unwrap_or(1),
+            watch_retries: a.watch_retries.unwrap_or(50),
+            naive_yield: a.naive_yield,
+            strategies,
+            json: a.json,
+            chart: a.chart,
+        },
+        &std::env::current_exe()?,
+    )
 }
 
 fn run_lock(a: RunArgs) -> Res<()> {
     let mut strategies = Vec::new();
     for name in &a.strategy {
         let s = <LockStrategy as clap::ValueEnum>::from_str(name, false)
-            .map_err(|_| format!("--strategy {name} is not a lock strategy (--scenario lock)"))?;
+            .map_err(|_| not_a_strategy_of(name, "lock"))?;
         if !strategies.contains(&s) {
             strategies.push(s);
         }
@@ -331,7 +454,7 @@ fn run_stampede(a: RunArgs) -> Res<()> {
     let mut strategies = Vec::new();
     for name in &a.strategy {
         let s = <Strategy as clap::ValueEnum>::from_str(name, false)
-            .map_err(|_| format!("--strategy {name} is a lock strategy: add --scenario lock"))?;
+            .map_err(|_| not_a_strategy_of(name, "stampede"))?;
         if !strategies.contains(&s) {
             strategies.push(s);
         }

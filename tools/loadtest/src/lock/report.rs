@@ -66,7 +66,7 @@ pub struct Dist {
 }
 
 impl Dist {
-    fn of(h: &Histogram<u64>) -> Dist {
+    pub fn of(h: &Histogram<u64>) -> Dist {
         let ms = |us: u64| us as f64 / 1000.0;
         Dist {
             samples: h.len(),
@@ -358,7 +358,7 @@ fn analyse(records: &[Record], fenced: bool) -> Analysis {
 }
 
 /// A latency in ms, with as many decimals as it needs to be readable.
-fn fmt_ms(v: f64) -> String {
+pub fn fmt_ms(v: f64) -> String {
     if v < 1.0 {
         format!("{v:.3}")
     } else if v < 100.0 {
