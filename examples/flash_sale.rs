@@ -112,11 +112,7 @@ fn open_db(path: &str) -> Connection {
 }
 
 async fn log_conn(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("log url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to the log Redis")
+    support::bookkeeping(url).await
 }
 
 /// One buyer process: `url` (the sale's Redis), `log` (where answers are
@@ -124,7 +120,13 @@ async fn log_conn(url: &str) -> redis::aio::MultiplexedConnection {
 /// `attempts` and `tasks`, `limit` (per user), `user=random|fixed`, `db`
 /// (the SQLite file, for the product page and the warm-up; optional).
 async fn buyer(o: Opts) {
-    let client = Client::connect(o.get("url")).await.expect("connect");
+    // Lazy: a buyer started while the sale's Redis restarts still starts,
+    // and its reserves retry until Redis answers.
+    let client = Client::builder(o.get("url"))
+        .connect_lazy(true)
+        .connect()
+        .await
+        .expect("connect");
     let mut log = log_conn(o.get("log")).await;
     let runs = o.num("runs", 1);
     let attempts = o.num("attempts", 1250);
@@ -138,7 +140,7 @@ async fn buyer(o: Opts) {
         .ttl(Duration::from_secs(60))
         .build()
         .await
-        .expect("cache");
+        .expect("cache (a lazy client builds it even while Redis is down)");
     for run in 0..runs {
         let sku = if runs > 1 {
             format!("{}-{run}", o.get("sku"))

@@ -28,6 +28,9 @@
 //! Every loop stops when the key `stop` exists on the log Redis, and within
 //! 120 s regardless.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use herdcache::Client;
 use redis::aio::MultiplexedConnection;
 use std::sync::LazyLock;
@@ -109,11 +112,7 @@ fn main() {
 }
 
 async fn log_conn(url: &str) -> MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("log url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to the log Redis")
+    support::bookkeeping(url).await
 }
 
 async fn stopped(log: &mut MultiplexedConnection, started: Instant) -> bool {

@@ -151,7 +151,10 @@ async fn the_watchdog_keeps_a_short_lease_and_lost_fires_when_redis_hangs() {
     redis.thaw();
     // Within the lease after the freeze (the last renewal was before it),
     // give or take a timer tick.
-    assert!(fired <= lease + Duration::from_millis(5), "lost after {fired:?}");
+    assert!(
+        fired <= lease + Duration::from_millis(5),
+        "lost after {fired:?}"
+    );
     drop(guard);
 }
 

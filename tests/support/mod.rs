@@ -288,6 +288,21 @@ fn example_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// A connection for a test's or a worker's own bookkeeping (counters and
+/// logs on a Redis beside the one under test). Its response timeout is
+/// long: on a loaded 2-core machine a bookkeeping call that waits half a
+/// second must not fail the run it is recording.
+pub async fn bookkeeping(url: &str) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(30)));
+    redis::Client::open(url)
+        .expect("bookkeeping Redis URL")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connect to the bookkeeping Redis")
+}
+
 pub fn unix_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
