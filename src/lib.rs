@@ -8,19 +8,22 @@
 //! | wing | files | what it is for |
 //! |---|---|---|
 //! | `client.rs` | — | [`Client`], [`ClientBuilder`]: the one connection per process; makes caches and locks; warns once about an evicting Redis |
-//! | `shared/` | `link.rs`, `server.rs`, `breaker.rs`, `scripts.rs` | what every tool uses: one multiplexed RESP3 connection, never waited for (heartbeat, replacement when lost or silent, resubscription) with a router that hands each pub/sub message to the listeners of its channel; every call bounded and behind the circuit breaker; the token-checked lease scripts (take, extend, release) |
-//! | `cache/` | `handle.rs`, `builder.rs`, `load.rs`, `rebuild.rs`, `local.rs`, `remote.rs`, `notify.rs`, `starter.rs`, `keys.rs`, `envelope.rs`, `scripts.rs`, `stats.rs` | [`Cache`], [`CacheBuilder`]: the two tiers, the fleet-wide rebuild protocol, invalidation by notice (see `cache/mod.rs`) |
+//! | `shared/` | `link.rs`, `server.rs`, `breaker.rs`, `scripts.rs`, `stream.rs` | what every tool uses: one multiplexed RESP3 connection, never waited for (heartbeat, replacement when lost or silent, resubscription; under Sentinel, the master asked anew at each connection) with a router that hands each pub/sub message to the listeners of its channel; every call bounded and behind the circuit breaker; the token-checked lease scripts (take, extend, release); consumer groups over a stream (pending until acknowledged, taken over from a stopped consumer, dead-lettered after `max_deliveries`, trimmed without dropping what a group still needs) |
+//! | `cache/` | `handle.rs`, `builder.rs`, `load.rs`, `rebuild.rs`, `local.rs`, `remote.rs`, `notify.rs`, `starter.rs`, `key.rs`, `keys.rs`, `envelope.rs`, `scripts.rs`, `stats.rs` | [`Cache`], [`CacheBuilder`]: the two tiers, the fleet-wide rebuild protocol, invalidation by notice (see `cache/mod.rs`) |
 //! | `lock/` | `single.rs`, `redlock.rs`, `lease.rs`, `queue.rs`, `keys.rs`, `scripts.rs` | [`Lock`], [`LockGuard`] (fenced, renewed, woken by notice), [`Redlock`] over N masters; why the usual `SETNX`/`DEL`/`sleep` patterns are replaced (see `lock/mod.rs`) |
 //! | `stock/` | `inventory.rs`, `orders.rs`, `scripts.rs`, `keys.rs` | [`Stock`]: flash-sale stock that never oversells, idempotent [`Reservation`]s, an order stream read by consumer groups ([`Orders`], [`Delivery`]) (see `stock/mod.rs`) |
 //! | `queue/` | `mod.rs` | [`Queue`]: a typed queue on the same stream machinery; why `LPUSH`/`RPOP` loses messages |
-//! | `shared/` | `stream.rs` | consumer groups: pending until acknowledged, taken over from a stopped consumer, dead-lettered after `max_deliveries`, trimmed without dropping what a group still needs |
 //! | `rate/` | `counter.rs`, `limiter.rs`, `keys.rs`, `scripts.rs` | [`Counter`] (plain, or per fixed window of Redis's clock: add and expiry in one script, not `INCR` then `EXPIRE`), [`RateLimiter`] (GCRA on Redis's clock) answering [`RateDecision`]; keys `hc:ct:{<name>}`, `hc:rl:{<name>:<key>}` (see `rate/mod.rs`) |
 //! | — | `codec.rs`, `borrow_de.rs` | [`Codec`], [`Bincode`] (default), `Postcard` (feature `postcard`), `Json` (feature `json`); a serde adapter that lets bincode decode strings without a zero-filled allocation |
 //! | — | `error.rs` | [`Error`], [`ErrorKind`] |
 //!
-//! Redis keys: a cache key lives at `hc:{<ns>:<key>}:v` (`cache/keys.rs`), a
-//! lock at `hc:lk:{<name>}` (`lock/keys.rs`): each tool has its own prefix,
-//! so no name of one can collide with another's.
+//! Redis keys: each tool has its own prefix, so no name of one can collide
+//! with another's: a cache value `hc:{<ns>:<key>}:v` (`cache/keys.rs`), a
+//! lock `hc:lk:{<name>}` (`lock/keys.rs`), a SKU's stock `hc:st:{<sku>}:…`
+//! (`stock/keys.rs`), a queue `hc:q:{<name>}:…`, a counter `hc:ct:{<name>}`,
+//! a rate limiter's key `hc:rl:{<name>:<key>}` (`rate/keys.rs`). Each tool's
+//! keys for one name share a Cluster hash tag, so every script touches one
+//! slot.
 //!
 //! # What each call does when something fails
 //!
@@ -95,3 +98,51 @@ pub use stock::keys::MAX_ID_LEN;
 pub use stock::orders::{Delivery, OrderConsumer, OrderEvent, Orders};
 #[doc(hidden)]
 pub use stock::scripts::RESERVE_LUA as __RESERVE_LUA;
+
+/// The decoder as a pure function, for the fuzz harness
+/// (`tests/fuzz_decoder.rs`) only: not part of the API, hidden, and free
+/// to change in any release.
+#[doc(hidden)]
+pub mod __fuzz {
+    use crate::cache::envelope::{self, Decoded, Header, Unusable};
+    use crate::codec::Codec;
+    use serde::de::DeserializeOwned;
+
+    /// The envelope header's length.
+    pub const HEADER_LEN: usize = envelope::HEADER_LEN;
+
+    /// What a cache makes of `bytes` read from Redis at `now_ms`:
+    /// `Ok(Some((value, fresh)))`, `Ok(None)` for a well-formed value past
+    /// its stale window (a plain miss), or `Err(why)` for bytes the cache
+    /// counts in `Stats::decode_errors`: `"too_large"`, `"envelope"` or
+    /// `"codec"`.
+    pub fn read<V: DeserializeOwned, C: Codec>(
+        codec: &C,
+        bytes: &[u8],
+        max_value_size: usize,
+        now_ms: u64,
+    ) -> Result<Option<(V, bool)>, &'static str> {
+        match envelope::read_value(codec, bytes, max_value_size, now_ms) {
+            Ok(Some(Decoded::Fresh(_, v))) => Ok(Some((v, true))),
+            Ok(Some(Decoded::Stale(_, v))) => Ok(Some((v, false))),
+            Ok(None) => Ok(None),
+            Err(Unusable::TooLarge(_)) => Err("too_large"),
+            Err(Unusable::Envelope(_)) => Err("envelope"),
+            Err(Unusable::Codec(_)) => Err("codec"),
+        }
+    }
+
+    /// A well-formed envelope header (as the cache writes it) followed by
+    /// `payload`.
+    pub fn envelope(fresh_until_ms: u64, stale_until_ms: u64, payload: &[u8]) -> Vec<u8> {
+        let header = Header {
+            flags: 0,
+            compute_ms: 5,
+            fresh_until_ms,
+            stale_until_ms,
+        };
+        let mut buf = header.start_buffer(payload.len());
+        buf.extend_from_slice(payload);
+        buf
+    }
+}
