@@ -326,6 +326,8 @@ impl ClientBuilder {
         let link = Link::open(target, self.redis_timeout, all_scripts(), self.lazy)
             .await
             .map_err(|e| Error::redis("connect", e))?;
+        #[cfg(feature = "metrics")]
+        crate::shared::telemetry::describe();
         let server = Arc::new(Server {
             link,
             breaker: Breaker::new(self.breaker_cooldown),
@@ -385,7 +387,9 @@ async fn warn_if_evicting(server: std::sync::Weak<Server>) {
         match reply {
             Ok(config) => {
                 if let Some(policy) = eviction_risk(&config) {
-                    tracing::warn!(
+                    let _ = policy;
+                    crate::shared::telemetry::log!(
+                        warn,
                         policy,
                         "Redis may evict keys (maxmemory is set and maxmemory-policy is {policy}): \
                          herdcache's locks are state, and an evicted lock key lets two holders in. \

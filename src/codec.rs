@@ -95,14 +95,29 @@ impl Codec for Bincode {
             Ok(decoded) => decoded,
             // A type whose visitor takes only owned strings or buffers
             // (serde falls back from owned to borrowed, not the other way):
-            // decode it bincode's own way. Only failures pay for this.
-            Err(_) => bincode::serde::decode_from_slice(bytes, config)?,
+            // decode it bincode's own way. Only that failure is retried:
+            // any other (bytes that ran out, a bad tag, bad UTF-8) would
+            // fail the same way, after bincode's owned path had allocated,
+            // zero-filled, whatever length the bytes claim (up to
+            // `BINCODE_DECODE_LIMIT`; the decoder fuzz harness found 240
+            // MiB claimed by a 40-byte value).
+            Err(e) if refused_borrowed(&e) => bincode::serde::decode_from_slice(bytes, config)?,
+            Err(e) => return Err(e.into()),
         };
         if read != bytes.len() {
             return Err(format!("{} trailing bytes", bytes.len() - read).into());
         }
         Ok(value)
     }
+}
+
+/// Whether bincode's error is a visitor refusing a borrowed string or byte
+/// buffer (serde's `invalid_type` with `Unexpected::Str` or `Bytes`), the
+/// one failure the owned path can fix (see `borrow_de.rs`).
+#[cfg(feature = "bincode")]
+fn refused_borrowed(e: &bincode::error::DecodeError) -> bool {
+    matches!(e, bincode::error::DecodeError::OtherString(msg)
+        if msg.starts_with("invalid type: string") || msg.starts_with("invalid type: byte array"))
 }
 
 /// postcard (maintained, compact, `no_std`-friendly). Enable the `postcard`

@@ -220,6 +220,7 @@ impl StdError for Error {
 }
 
 /// Prints an error and its whole source chain, `: `-separated, for logs.
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
 pub(crate) struct Chain<'a>(pub(crate) &'a Error);
 
 impl fmt::Display for Chain<'_> {

@@ -8,7 +8,7 @@
 //! | wing | files | what it is for |
 //! |---|---|---|
 //! | `client.rs` | — | [`Client`], [`ClientBuilder`]: the one connection per process; makes caches and locks; warns once about an evicting Redis |
-//! | `shared/` | `link.rs`, `server.rs`, `breaker.rs`, `scripts.rs`, `stream.rs` | what every tool uses: one multiplexed RESP3 connection, never waited for (heartbeat, replacement when lost or silent, resubscription; under Sentinel, the master asked anew at each connection) with a router that hands each pub/sub message to the listeners of its channel; every call bounded and behind the circuit breaker; the token-checked lease scripts (take, extend, release); consumer groups over a stream (pending until acknowledged, taken over from a stopped consumer, dead-lettered after `max_deliveries`, trimmed without dropping what a group still needs) |
+//! | `shared/` | `link.rs`, `server.rs`, `breaker.rs`, `scripts.rs`, `stream.rs`, `telemetry.rs` | what every tool uses: one multiplexed RESP3 connection, never waited for (heartbeat, replacement when lost or silent, resubscription; under Sentinel, the master asked anew at each connection) with a router that hands each pub/sub message to the listeners of its channel; every call bounded and behind the circuit breaker; the token-checked lease scripts (take, extend, release); consumer groups over a stream (pending until acknowledged, taken over from a stopped consumer, dead-lettered after `max_deliveries`, trimmed without dropping what a group still needs); every span, event and metric of every tool (see "Observability" below) |
 //! | `cache/` | `handle.rs`, `builder.rs`, `load.rs`, `rebuild.rs`, `local.rs`, `remote.rs`, `notify.rs`, `starter.rs`, `key.rs`, `keys.rs`, `envelope.rs`, `scripts.rs`, `stats.rs` | [`Cache`], [`CacheBuilder`]: the two tiers, the fleet-wide rebuild protocol, invalidation by notice (see `cache/mod.rs`) |
 //! | `lock/` | `single.rs`, `redlock.rs`, `lease.rs`, `queue.rs`, `keys.rs`, `scripts.rs` | [`Lock`], [`LockGuard`] (fenced, renewed, woken by notice), [`Redlock`] over N masters; why the usual `SETNX`/`DEL`/`sleep` patterns are replaced (see `lock/mod.rs`) |
 //! | `stock/` | `inventory.rs`, `orders.rs`, `scripts.rs`, `keys.rs` | [`Stock`]: flash-sale stock that never oversells, idempotent [`Reservation`]s, an order stream read by consumer groups ([`Orders`], [`Delivery`]) (see `stock/mod.rs`) |
@@ -55,6 +55,67 @@
 //! | `bincode` | yes | [`Bincode`], the default codec (bincode 2.0.x, pinned; see README) |
 //! | `postcard` | no | `Postcard`, a maintained codec |
 //! | `json` | no | `Json` (serde_json), a self-describing codec: takes `skip_serializing_if`, `flatten` and `untagged`, which bincode and postcard cannot (see README, Codecs) |
+//! | `tracing` | yes | spans and events through `tracing` 0.1 (below). Off: no `tracing` dependency and no log lines at all (the counters stay in [`Stats`]) |
+//! | `metrics` | no | counters and histograms through the `metrics` 0.24 facade (below) |
+//!
+//! # Observability
+//!
+//! **Tracing** (feature `tracing`, on by default). A span per call, with
+//! its outcome recorded when known:
+//!
+//! | span (INFO) | fields |
+//! |---|---|
+//! | `herdcache.get_or_compute` (past L1) | `namespace`, `outcome` (`l1`, `l2`, `loaded`, `waited`, `stale`, `error`), `key` (only when DEBUG is on) |
+//! | `herdcache.load` (the load task, a child of the call that started it) | `namespace`, `key` (only when DEBUG is on) |
+//! | `herdcache.lock` ([`Lock`] and [`RedlockLock`] acquisitions) | `name`, `outcome` (`acquired`, `busy`, `timeout`, `error`), `fencing_token` |
+//! | `herdcache.stock.reserve` | `sku`, `outcome` (`reserved`, `sold_out`, `user_limit`, `error`) |
+//!
+//! Events: a load finished (DEBUG, or INFO when it failed: `namespace`,
+//! `duration_ms`, `outcome` = `ok`, `error`, `timeout`, `panic`); a wait
+//! for another process's load (DEBUG, `duration_ms`); a lock waited for
+//! (DEBUG, `name`, `duration_ms`); a lease lost (WARN, `name`); the
+//! breaker opened (WARN) and closed (INFO); the connection lost (WARN) and
+//! back (INFO, `down_ms`); plus the codec-problem and eviction-policy
+//! warnings described above. Targets are the module paths (`herdcache::…`).
+//!
+//! Cache keys may be personal data (an email, a user id): they appear only
+//! at DEBUG and TRACE, never at INFO or above (a loader's error, which
+//! names the key, goes to the callers, not into an INFO event). An L1 hit
+//! opens no span and logs nothing: with the feature on and no subscriber
+//! installed it costs what it did before (`docs/BENCHMARKS.md`,
+//! "Observability"). Why a default feature rather than always on: it costs
+//! nothing measurable, hence on by default; a service that does not use
+//! `tracing` can still drop the dependency.
+//!
+//! **Metrics** (feature `metrics`): counters and histograms through the
+//! [`metrics`](https://docs.rs/metrics/0.24) facade, for whatever recorder
+//! the application installs (a Prometheus exporter, …); the library
+//! installs none. **Install the recorder before building clients and
+//! caches**: a cache registers its handles when it is built (so that an L1
+//! hit pays one increment, not a registry lookup), and handles registered
+//! before any recorder count nothing. Lock, stock and connection metrics
+//! are looked up per call. Durations are in seconds, as Prometheus names
+//! them. Lock names, SKUs and keys are never labels (they are unbounded);
+//! `namespace` is (a handful per service).
+//!
+//! | metric | type | labels | unit | counts |
+//! |---|---|---|---|---|
+//! | `herdcache_cache_requests_total` | counter | `namespace`, `outcome` (`l1`, `l2`, `loaded`, `waited`, `stale`, `error`) | calls | every [`Cache::get_or_compute`] (so also `get_or_compute_opt`, and each key `get_or_compute_many` does not find with its `MGET`) |
+//! | `herdcache_cache_request_duration_seconds` | histogram | `namespace`, `outcome` (all but `l1`) | seconds | the same calls past L1, from the L1 miss to the answer. L1 hits are counted, not timed: a clock read would cost the hit more than its budget over raw moka |
+//! | `herdcache_cache_load_duration_seconds` | histogram | `namespace`, `outcome` (`ok`, `error`, `timeout`, `panic`) | seconds | loader runs |
+//! | `herdcache_cache_<stat>_total` | counter | `namespace` | events | one per [`Stats`] field, the same count: `l1_hits`, `l2_hits`, `misses`, `coalesced`, `loads`, `load_errors`, `lock_waits`, `notified_wakeups`, `wait_timeouts`, `lease_lost`, `decode_errors`, `codec_errors`, `redis_errors`, `redis_fallback_loads`, `breaker_rejections`, `stale_served`, `background_refreshes`, `fail_safe_served`, `remote_changes`, `remote_fills` (e.g. `herdcache_cache_decode_errors_total`) |
+//! | `herdcache_lock_acquires_total` | counter | `outcome` (`acquired`, `busy`, `timeout`, `error`) | calls | `acquire`, `acquire_timeout`, `try_acquire` of [`Lock`] and [`RedlockLock`] |
+//! | `herdcache_lock_acquire_duration_seconds` | histogram | `outcome` | seconds | the same, waiting included |
+//! | `herdcache_lock_leases_lost_total` | counter | — | leases | held leases the watchdog could not renew ([`LockGuard::lost`] fired) |
+//! | `herdcache_stock_reserves_total` | counter | `outcome` (`reserved`, `sold_out`, `user_limit`, `error`) | calls | [`Stock::reserve`] |
+//! | `herdcache_stock_reserve_duration_seconds` | histogram | `outcome` | seconds | the same |
+//! | `herdcache_breaker_opened_total` | counter | — | times | the circuit breaker in front of Redis opened |
+//! | `herdcache_redis_connections_lost_total` | counter | — | connections | connections given up (dropped, timing out, a demoted master) |
+//! | `herdcache_redis_reconnects_total` | counter | — | connections | new connections made after a loss |
+//!
+//! [`Stats`] stays: a snapshot of one cache's counters, with no feature
+//! and no recorder. `tests/telemetry.rs` checks the metrics against
+//! `metrics-util`'s recorder, `tests/spans.rs` the spans.
 
 #[cfg(feature = "bincode")]
 mod borrow_de;

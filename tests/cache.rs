@@ -254,6 +254,61 @@ fn herdcache_now_ms() -> u64 {
     support::now_ms()
 }
 
+/// The decoder fuzz harness (`tests/fuzz_decoder.rs`) checks the pure
+/// decoder without Redis; this checks the counting through the public API:
+/// each of 120 bad inputs written to a value key (random bytes, a real
+/// envelope truncated, its magic or version changed, its payload replaced
+/// by a huge length prefix or another type) reads as `None` and adds
+/// exactly one to `decode_errors`.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_bad_input_is_exactly_one_counted_miss() {
+    let server = RedisServer::start();
+    let mut con = server.connection();
+    let a = cache(&server).await;
+    a.set("source", row(7)).await.unwrap();
+    let real: Vec<u8> = redis::cmd("GET")
+        .arg("hc:{t:source}:v")
+        .query(&mut con)
+        .unwrap();
+    let far = herdcache_now_ms() + 60_000;
+    let mut rng = fastrand::Rng::with_seed(15);
+    let mut other_type = Vec::new();
+    herdcache::Codec::encode(&herdcache::Bincode, &(1.5f64, true), &mut other_type).unwrap();
+    for i in 0..120u64 {
+        let junk: Vec<u8> = match i % 6 {
+            0 => (0..rng.usize(0..200)).map(|_| rng.u8(..)).collect(),
+            1 => real[..rng.usize(0..real.len())].to_vec(),
+            2 => {
+                let mut v = real.clone();
+                v[0] = rng.u8(..0xC4);
+                v
+            }
+            3 => {
+                let mut v = real.clone();
+                v[1] = rng.u8(2..);
+                v
+            }
+            4 => herdcache::__fuzz::envelope(far, far, &[0xfc, 0xff, 0xff, 0xff, 0x0f, b'a']),
+            _ => herdcache::__fuzz::envelope(far, far, &other_type),
+        };
+        let key = format!("bad{i}");
+        let _: () = redis::cmd("SET")
+            .arg(format!("hc:{{t:{key}}}:v"))
+            .arg(&junk)
+            .query(&mut con)
+            .unwrap();
+        let before = a.stats().decode_errors;
+        assert_eq!(a.get(&key).await.unwrap(), None, "input {i}: {junk:02x?}");
+        assert_eq!(
+            a.stats().decode_errors,
+            before + 1,
+            "input {i}: {junk:02x?}"
+        );
+    }
+    assert_eq!(a.stats().decode_errors, 120);
+    assert_eq!(a.stats().misses, 120);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_values_are_refused_with_a_typed_error() {
     let server = RedisServer::start();

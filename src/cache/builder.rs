@@ -14,6 +14,7 @@ use crate::cache::stats::Counters;
 use crate::client::{Client, DEFAULT_BREAKER_COOLDOWN, DEFAULT_REDIS_TIMEOUT};
 use crate::codec::{Codec, DefaultCodec};
 use crate::error::{Error, ErrorKind};
+use crate::shared::telemetry::CacheMetrics;
 
 /// The settings a built cache runs with.
 #[derive(Debug, Clone)]
@@ -425,7 +426,8 @@ where
         if connected {
             subscribed.map_err(|e| Error::redis("subscribe", e))?;
         }
-        let stats = Arc::new(Counters::default());
+        let stats = Arc::new(Counters::new(layout.namespace()));
+        let metrics = CacheMetrics::new(layout.namespace());
         let local = Local::new(
             self.config.max_capacity,
             // By default an L1 copy lives as long as the Redis copy (fresh +
@@ -449,6 +451,7 @@ where
             starter: Starter::spawn(),
             _listening: listening,
             codec_warned_ms: Default::default(),
+            metrics,
         });
         // The bus holds the cache weakly: the cache owns its place on the
         // connection whose pushes feed the bus, so a strong reference would

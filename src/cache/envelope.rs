@@ -15,6 +15,10 @@
 //! from Redis' TTL so that every process agrees on it from one GET, and so a
 //! value can outlive its freshness (the stale window) without a second key.
 
+use serde::de::DeserializeOwned;
+
+use crate::codec::{Codec, CodecError};
+
 pub(crate) const HEADER_LEN: usize = 24;
 const MAGIC: u8 = 0xC4;
 const VERSION: u8 = 1;
@@ -80,6 +84,67 @@ impl Header {
 }
 
 pub(crate) use crate::shared::now_ms;
+
+/// A value read from Redis: fresh, or past fresh-until but inside the stale
+/// window.
+pub(crate) enum Decoded<V> {
+    Fresh(Header, V),
+    /// Past fresh-until but inside the stale window.
+    Stale(Header, V),
+}
+
+/// Why stored bytes were not a usable value: every one is a counted miss
+/// (`Stats::decode_errors`).
+#[derive(Debug)]
+pub(crate) enum Unusable {
+    /// Longer than the header plus `max_value_size`: refused before any
+    /// decoding (nothing is allocated for it).
+    TooLarge(usize),
+    /// Not a herdcache envelope (too short, another magic byte or version,
+    /// an inconsistent header).
+    Envelope(EnvelopeError),
+    /// The payload does not decode as the cache's type with its codec.
+    Codec(CodecError),
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unusable::TooLarge(len) => write!(f, "{len} bytes, over max_value_size"),
+            Unusable::Envelope(e) => write!(f, "not an envelope: {e}"),
+            Unusable::Codec(e) => write!(f, "does not decode: {e}"),
+        }
+    }
+}
+
+/// The decoder: the path from bytes found in Redis to a value, as a pure
+/// function of the bytes, the codec, `max_value_size` and the wall clock
+/// (`now_ms`). `Ok(None)`: a well-formed value past its stale-until (a
+/// plain miss: its payload is not decoded). It never panics, and it
+/// allocates no more than the codec's own limit allows
+/// ([`BINCODE_DECODE_LIMIT`](crate::BINCODE_DECODE_LIMIT) for bincode;
+/// postcard and JSON only allocate as their input proves), on any input:
+/// `tests/fuzz_decoder.rs` checks both.
+pub(crate) fn read_value<V: DeserializeOwned, C: Codec>(
+    codec: &C,
+    bytes: &[u8],
+    max_value_size: usize,
+    now_ms: u64,
+) -> Result<Option<Decoded<V>>, Unusable> {
+    if bytes.len() > HEADER_LEN.saturating_add(max_value_size) {
+        return Err(Unusable::TooLarge(bytes.len()));
+    }
+    let (header, payload) = Header::parse(bytes).map_err(Unusable::Envelope)?;
+    if header.stale_until_ms <= now_ms {
+        return Ok(None);
+    }
+    let value = codec.decode(payload).map_err(Unusable::Codec)?;
+    Ok(Some(if now_ms < header.fresh_until_ms {
+        Decoded::Fresh(header, value)
+    } else {
+        Decoded::Stale(header, value)
+    }))
+}
 
 #[cfg(test)]
 mod tests {

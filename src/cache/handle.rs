@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::cache::builder::{CacheBuilder, Config, TtlFor};
-use crate::cache::envelope::{HEADER_LEN, Header, now_ms};
+use crate::cache::envelope::{Decoded, HEADER_LEN, Header, Unusable, now_ms, read_value};
 use crate::cache::key::CacheKey;
 use crate::cache::keys::check_key;
 use crate::cache::load::LoadFn;
@@ -30,6 +30,7 @@ use crate::cache::stats::{Counters, Stats};
 use crate::codec::{Codec, DefaultCodec};
 use crate::error::{Error, ErrorKind};
 use crate::shared::link::Listening;
+use crate::shared::telemetry::{CacheMetrics, CallSpan, Served, Stopwatch, log};
 
 /// A two-tier cache of `V` values under one namespace.
 ///
@@ -65,6 +66,17 @@ pub(crate) struct Inner<V, C> {
     /// When (unix ms) a codec problem was last logged: see
     /// `Inner::warn_codec`.
     pub(crate) codec_warned_ms: AtomicU64,
+    /// Metric handles (feature `metrics`; nothing without it).
+    pub(crate) metrics: CacheMetrics,
+}
+
+/// What a caller that joined another caller's flight reports: the value
+/// came from elsewhere (`Waited`), unless it was stale or an error.
+fn joined(served: Served) -> Served {
+    match served {
+        Served::Stale | Served::Error => served,
+        _ => Served::Waited,
+    }
 }
 
 impl<V> Cache<V, DefaultCodec> {
@@ -74,13 +86,6 @@ impl<V> Cache<V, DefaultCodec> {
     pub fn builder(namespace: impl Into<String>) -> CacheBuilder<V, DefaultCodec> {
         CacheBuilder::new(namespace.into())
     }
-}
-
-/// A value read from Redis that is not fresh any more.
-pub(crate) enum Decoded<V> {
-    Fresh(Header, V),
-    /// Past fresh-until but inside the stale window.
-    Stale(Header, V),
 }
 
 impl<V, C> Cache<V, C>
@@ -140,13 +145,19 @@ where
         // `&str` key the hit costs what it did before keys were generic
         // (storing the `Key` and reading it back cost 7 instructions a hit;
         // docs/BENCHMARKS.md). Past a miss the key is made again, for keeps.
+        // The hit opens no span and reads no clock: only a call past L1 is
+        // traced and timed (it costs the hit nothing; docs/BENCHMARKS.md).
         let stale = {
             let key = key.to_key();
             let key = key.as_str();
-            check_key(key)?;
+            if let Err(e) = check_key(key) {
+                inner.metrics.request(Served::Error, Duration::ZERO);
+                return Err(e);
+            }
             match inner.local.get(key) {
                 Some((entry, now)) if now < entry.fresh_until => {
                     Counters::bump(&inner.stats.l1_hits);
+                    inner.metrics.l1_hit();
                     if entry.refresh_early(now) {
                         inner.refresh_early(key, &entry, loader);
                     }
@@ -158,6 +169,28 @@ where
         };
         let key = key.to_key();
         let key: &str = key.as_str();
+        let started = Stopwatch::start();
+        let span = CallSpan::get_or_compute(inner.remote.namespace(), key);
+        let (result, served) = span.instrument(self.past_l1(key, loader, stale)).await;
+        span.outcome(served.as_str());
+        inner.metrics.request(served, started.elapsed());
+        result
+    }
+
+    /// `get_or_compute` past an L1 miss (or with a stale L1 value): the
+    /// answer, and how it was come by.
+    async fn past_l1<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+        stale: Option<Arc<V>>,
+    ) -> (Result<Arc<V>, Error>, Served)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
+        let inner = &self.inner;
         // The L2 hit's fast path: a plain GET with no flight, if no other
         // plain read of this key's lane is under way (see `local::Lanes`).
         // What it cannot settle (a miss, a stale or unusable value) goes on
@@ -169,7 +202,7 @@ where
             match inner.remote.get(key).await {
                 Ok(Some(bytes)) => {
                     if let Some(value) = inner.fresh_read(key, &bytes, &solo.ticket) {
-                        return Ok(value);
+                        return (Ok(value), Served::L2);
                     }
                 }
                 Ok(None) => read_already = Some(false),
@@ -192,11 +225,13 @@ where
                     None,
                 );
             }
-            return Ok(inner.serve_stale(stale, &flight).await);
+            let (value, served) = inner.serve_stale(stale, &flight, leader).await;
+            return (Ok(value), served);
         }
         if !leader {
             Counters::bump(&inner.stats.coalesced);
-            return flight.wait().await;
+            let (result, served) = flight.wait_served().await;
+            return (result, joined(served));
         }
         // The leader first tries a plain GET inline: L2 hits are the common
         // case, and a GET is cheaper than the read-or-lock script and needs
@@ -214,7 +249,7 @@ where
         if let Some(redis_failed) = read_already {
             lead.redis_failed = redis_failed;
             drop(lead); // starts the load task
-            return flight.wait().await;
+            return flight.wait_served().await;
         }
         match inner.remote.get(key).await {
             Ok(Some(bytes)) => match inner.decode(&bytes) {
@@ -224,8 +259,8 @@ where
                     flight.insert_unless_voided(&inner.local, key, value.clone(), &header);
                     lead.loader = None;
                     inner.flights.finish(key, &flight);
-                    flight.complete(Ok(value.clone()));
-                    return Ok(value);
+                    flight.complete_as(Ok(value.clone()), Served::L2);
+                    return (Ok(value), Served::L2);
                 }
                 Some(Decoded::Stale(header, value)) => {
                     let value = Arc::new(value);
@@ -235,7 +270,8 @@ where
                     Counters::bump(&inner.stats.background_refreshes);
                     lead.stale = Some(value.clone());
                     drop(lead);
-                    return Ok(inner.serve_stale(value, &flight).await);
+                    let (value, served) = inner.serve_stale(value, &flight, true).await;
+                    return (Ok(value), served);
                 }
                 None => {}
             },
@@ -246,7 +282,7 @@ where
             }
         }
         drop(lead); // starts the load task
-        flight.wait().await
+        flight.wait_served().await
     }
 
     /// Returns the fresh value of `key` if either tier has one. Never runs a
@@ -530,8 +566,15 @@ where
                     Err(e) => e,
                 };
                 if Instant::now() + backoff >= give_up {
-                    tracing::warn!(
+                    // The key only at DEBUG: keys may be personal data.
+                    log!(
+                        debug,
                         key = &*key,
+                        "herdcache: invalidate_eventually gives up"
+                    );
+                    log!(
+                        warn,
+                        namespace = cache.inner.remote.namespace(),
                         error = %crate::error::Chain(&e),
                         "herdcache: gave up invalidating after every cached copy expired"
                     );
@@ -770,6 +813,7 @@ where
         // The protocol's futures are boxed so that what is queued for the
         // starter is small (the guard and the arguments, not the whole
         // state machine).
+        let span = CallSpan::load(guard.inner.remote.namespace(), key);
         let task = async move {
             let (inner, key, flight) = (&guard.inner, &guard.key, &guard.flight);
             let outcome = if let Some((fresh_until_ms, fresh_until)) = early {
@@ -787,6 +831,7 @@ where
             };
             guard.finish(outcome);
         };
+        let task = span.instrument(task);
         if let Some(inner) = background {
             inner.starter.start(task);
         } else {
@@ -795,15 +840,21 @@ where
     }
 
     /// What a caller holding a stale value returns: the stale value at once
-    /// (default), or the refreshed value if it comes within `soft_timeout`.
-    async fn serve_stale(&self, stale: Arc<V>, flight: &Flight<V>) -> Arc<V> {
+    /// (default), or the refreshed value if it comes within `soft_timeout`;
+    /// and how it was come by (`leader`: this caller started the flight).
+    async fn serve_stale(
+        &self,
+        stale: Arc<V>,
+        flight: &Flight<V>,
+        leader: bool,
+    ) -> (Arc<V>, Served) {
         if let Some(soft) = self.config.soft_timeout
-            && let Ok(Ok(fresh)) = tokio::time::timeout(soft, flight.wait()).await
+            && let Ok((Ok(fresh), served)) = tokio::time::timeout(soft, flight.wait_served()).await
         {
-            return fresh;
+            return (fresh, if leader { served } else { joined(served) });
         }
         Counters::bump(&self.stats.stale_served);
-        stale
+        (stale, Served::Stale)
     }
 
     /// Applies what another process did to this process's L1.
@@ -827,7 +878,7 @@ where
                         if let Some(flight) = self.flights.get(key)
                             && flight.is_waiting_for_fill()
                         {
-                            flight.complete(Ok(value));
+                            flight.complete_as(Ok(value), Served::Waited);
                         }
                     }
                     _ => self.local.remove(key),
@@ -1011,11 +1062,12 @@ where
         {
             return;
         }
-        let stats = self.stats.snapshot();
-        tracing::warn!(
+        let _ = e;
+        log!(
+            warn,
             namespace = self.remote.namespace(),
-            decode_errors = stats.decode_errors,
-            codec_errors = stats.codec_errors,
+            decode_errors = self.stats.snapshot().decode_errors,
+            codec_errors = self.stats.snapshot().codec_errors,
             error = %crate::error::Chain(e),
             "herdcache: codec problem (logged at most once a minute per cache)"
         );
@@ -1024,54 +1076,40 @@ where
     /// The stored bytes as a fresh or stale value; `None` when they are
     /// expired by our clock, or do not decode (counted in `decode_errors`,
     /// and logged at most once a minute).
+    ///
+    /// The reading itself is `envelope::read_value`, a pure function (the
+    /// decoder fuzz harness, `tests/fuzz_decoder.rs`, drives it with
+    /// millions of bad inputs); every `Err` it gives is counted here.
     pub(crate) fn decode(&self, bytes: &[u8]) -> Option<Decoded<V>> {
-        if bytes.len() > HEADER_LEN + self.config.max_value_size {
-            self.corrupt(Error::new(
+        let unusable = match read_value(&self.codec, bytes, self.config.max_value_size, now_ms()) {
+            Ok(decoded) => return decoded,
+            Err(unusable) => unusable,
+        };
+        self.corrupt(match unusable {
+            Unusable::TooLarge(len) => Error::new(
                 ErrorKind::Codec,
                 format!(
-                    "{} bytes in Redis, over max_value_size; read as a miss and overwritten",
-                    bytes.len()
+                    "{len} bytes in Redis, over max_value_size; read as a miss and overwritten"
                 ),
-            ));
-            return None;
-        }
-        let (header, payload) = match Header::parse(bytes) {
-            Ok(parsed) => parsed,
-            Err(e) => {
-                self.corrupt(Error::with_source(
-                    ErrorKind::Codec,
-                    "bytes in Redis that are not a herdcache value; read as a miss and overwritten",
-                    e,
-                ));
-                return None;
-            }
-        };
-        let now = now_ms();
-        if header.stale_until_ms <= now {
-            return None;
-        }
-        let value = match self.codec.decode(payload) {
-            Ok(value) => value,
-            Err(e) => {
-                self.corrupt(Error::with_source(
-                    ErrorKind::Codec,
-                    format!(
-                        "a value in Redis does not decode as `{}` with the {} codec (written by \
-                         another version of the type, another codec, or a version of herdcache \
-                         that did not check its writes); read as a miss and overwritten",
-                        std::any::type_name::<V>(),
-                        self.codec.name()
-                    ),
-                    e,
-                ));
-                return None;
-            }
-        };
-        Some(if now < header.fresh_until_ms {
-            Decoded::Fresh(header, value)
-        } else {
-            Decoded::Stale(header, value)
-        })
+            ),
+            Unusable::Envelope(e) => Error::with_source(
+                ErrorKind::Codec,
+                "bytes in Redis that are not a herdcache value; read as a miss and overwritten",
+                e,
+            ),
+            Unusable::Codec(e) => Error::with_source(
+                ErrorKind::Codec,
+                format!(
+                    "a value in Redis does not decode as `{}` with the {} codec (written by \
+                     another version of the type, another codec, or a version of herdcache \
+                     that did not check its writes); read as a miss and overwritten",
+                    std::any::type_name::<V>(),
+                    self.codec.name()
+                ),
+                e,
+            ),
+        });
+        None
     }
 }
 

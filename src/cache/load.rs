@@ -23,8 +23,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cache::envelope::Header;
-use crate::cache::handle::{Decoded, Inner};
+use crate::cache::envelope::{Decoded, Header};
+use crate::cache::handle::Inner;
 use crate::cache::keys::RedisKeys;
 use crate::cache::local::{Flight, Outcome};
 use crate::cache::rebuild::run_loader;
@@ -33,6 +33,7 @@ use crate::cache::stats::Counters;
 use crate::codec::Codec;
 use crate::error::{Error, ErrorKind};
 use crate::shared::new_token;
+use crate::shared::telemetry::{self, LOAD_OUTCOMES, Served};
 
 /// What a loader may fail with: anything that converts into a boxed
 /// error, the bound `?` itself uses for `Box<dyn Error + Send + Sync>`. So
@@ -76,7 +77,7 @@ where
         if let Some(value) = stale
             && self.config.soft_timeout.is_none()
         {
-            flight.complete(Ok(value.clone()));
+            flight.complete_as(Ok(value.clone()), Served::Stale);
         }
     }
 
@@ -99,6 +100,18 @@ where
         }
     }
 
+    /// Reports a finished load: an event, and the load histogram.
+    fn load_finished(&self, took: Duration, loaded: &Result<V, Error>) {
+        let outcome = match loaded {
+            Ok(_) => 0,
+            Err(e) if e.kind() == ErrorKind::LoadTimeout => 2,
+            Err(e) if e.kind() == ErrorKind::LoaderPanicked => 3,
+            Err(_) => 1,
+        };
+        telemetry::load_finished(self.remote.namespace(), took, LOAD_OUTCOMES[outcome]);
+        self.metrics.load(outcome, took);
+    }
+
     /// The flight of one key in this process.
     pub(crate) async fn run_flight<L: LoadFn<V>>(
         &self,
@@ -118,9 +131,12 @@ where
         let deadline = Instant::now() + cfg.wait_timeout;
         let mut poll = cfg.poll_min;
         let mut waiting = false;
+        let mut wait_started = Instant::now();
         loop {
             // Woken by a fill notice that carried the value: it is in L1.
             if waiting && let Some(value) = self.fresh_in_l1(key) {
+                telemetry::fill_waited(self.remote.namespace(), wait_started.elapsed());
+                flight.note(Served::Waited);
                 return Ok(value);
             }
             // Register for the fill notice *before* reading Redis: a fill that
@@ -166,6 +182,13 @@ where
                             Counters::bump(&self.stats.l2_hits);
                             let value = Arc::new(value);
                             flight.insert_unless_voided(&self.local, key, value.clone(), &header);
+                            if waiting {
+                                telemetry::fill_waited(
+                                    self.remote.namespace(),
+                                    wait_started.elapsed(),
+                                );
+                            }
+                            flight.note(if waiting { Served::Waited } else { Served::L2 });
                             return Ok(value);
                         }
                         Some(Decoded::Stale(_, value)) if stale.is_none() => {
@@ -197,6 +220,7 @@ where
             };
             if !waiting {
                 waiting = true;
+                wait_started = Instant::now();
                 flight.mark_waiting_for_fill();
                 Counters::bump(&self.stats.misses);
                 Counters::bump(&self.stats.lock_waits);
@@ -204,7 +228,9 @@ where
             let now = Instant::now();
             if now >= deadline {
                 Counters::bump(&self.stats.wait_timeouts);
+                telemetry::fill_waited(self.remote.namespace(), wait_started.elapsed());
                 if let Some(value) = stale {
+                    flight.note(Served::Stale);
                     return Ok(value);
                 }
                 return Err(Error::new(
@@ -305,6 +331,7 @@ where
         let started = Instant::now();
         let lock = Some((&self.remote, keys, token, self.config.lock_ttl));
         let loaded = run_loader(key, loader, self.config.load_timeout, lock, &self.stats).await;
+        self.load_finished(started.elapsed(), &loaded);
         let value = match loaded {
             Ok(value) => value,
             Err(e) => {
@@ -329,6 +356,7 @@ where
             }
         };
         let value = Arc::new(value);
+        flight.note(Served::Loaded);
         match self.remote.fill(key, keys, token, &envelope, px).await {
             Ok(true) => flight.insert_unless_voided(&self.local, key, value.clone(), &header),
             // The lease was voided (set/invalidate) or expired: our value may
@@ -356,6 +384,7 @@ where
         flight: &Flight<V>,
     ) -> Arc<V> {
         Counters::bump(&self.stats.fail_safe_served);
+        flight.note(Served::Stale);
         let header: Header = self.header_for(self.config.fail_safe_throttle, Duration::ZERO);
         if let Some((keys, token)) = lock {
             let written = match self.encode(&stale, &header) {
@@ -388,8 +417,11 @@ where
         Counters::bump(&self.stats.redis_fallback_loads);
         Counters::bump(&self.stats.loads);
         let started = Instant::now();
-        match run_loader(key, loader, self.config.load_timeout, None, &self.stats).await {
+        let loaded = run_loader(key, loader, self.config.load_timeout, None, &self.stats).await;
+        self.load_finished(started.elapsed(), &loaded);
+        match loaded {
             Ok(value) => {
+                flight.note(Served::Loaded);
                 let header = self.header(&value, started.elapsed());
                 let value = Arc::new(value);
                 flight.insert_unless_voided(&self.local, key, value.clone(), &header);

@@ -10,13 +10,14 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::cache::envelope::{Header, now_ms};
 use crate::error::Error;
+use crate::shared::telemetry::Served;
 
 /// One L1 entry: the shared value and when it stops being fresh.
 pub(crate) struct Entry<V> {
@@ -187,7 +188,11 @@ pub(crate) type Outcome<V> = Result<Arc<V>, Error>;
 /// (an L2 hit) completes with nobody waiting, and `watch` would allocate its
 /// shared state and wake eight `Notify`s on send and again on drop.
 pub(crate) struct Flight<V> {
-    result: OnceLock<Outcome<V>>,
+    /// The outcome, and how it was come by (for spans and metrics).
+    result: OnceLock<(Outcome<V>, Served)>,
+    /// How the load task came by its value, noted before it settles the
+    /// flight (`Served` as a `u8`; `Loaded` until noted otherwise).
+    served: AtomicU8,
     done: Notify,
     /// Set by `set`/`invalidate` of the key. A mutex, not an atomic, so that
     /// "not voided, so insert into L1" is one step that `void` cannot split.
@@ -205,6 +210,7 @@ impl<V> Flight<V> {
     fn new() -> Self {
         Flight {
             result: OnceLock::new(),
+            served: AtomicU8::new(Served::Loaded as u8),
             done: Notify::new(),
             voided: Mutex::new(false),
             waiting_for_fill: Default::default(),
@@ -216,7 +222,13 @@ impl<V> Flight<V> {
     /// (see `answer_until`).
     pub(crate) fn complete_until(&self, value: Arc<V>, until: Instant) {
         let _ = self.answer_until.set(until);
-        self.complete(Ok(value));
+        self.complete_as(Ok(value), Served::L1);
+    }
+
+    /// Notes how the load task came by the value it is about to settle the
+    /// flight with (see `complete`).
+    pub(crate) fn note(&self, served: Served) {
+        self.served.store(served as u8, Relaxed);
     }
 
     /// True if the flight was answered with a value that has expired since.
@@ -237,7 +249,8 @@ impl<V> Flight<V> {
     /// Waits for the outcome. The load runs in its own task (which settles
     /// the flight even if it panics), so dropping this future abandons only
     /// the wait, never the load.
-    pub(crate) async fn wait(&self) -> Outcome<V> {
+    /// Returns the outcome with how the flight came by it.
+    pub(crate) async fn wait_served(&self) -> (Outcome<V>, Served) {
         loop {
             // Registered before the check, so a `complete` between the check
             // and the await still wakes us.
@@ -253,8 +266,22 @@ impl<V> Flight<V> {
 
     /// Settles the flight. The first outcome wins: a flight that answered
     /// early with a stale value keeps that answer for late joiners.
+    ///
+    /// An error is `Served::Error`; a value is served as last
+    /// [`note`](Self::note)d (`Loaded` if never).
     pub(crate) fn complete(&self, outcome: Outcome<V>) {
-        if self.result.set(outcome).is_ok() {
+        let served = Served::from_u8(self.served.load(Relaxed));
+        self.complete_as(outcome, served);
+    }
+
+    /// [`complete`](Self::complete), saying how the value was come by.
+    pub(crate) fn complete_as(&self, outcome: Outcome<V>, served: Served) {
+        let served = if outcome.is_err() {
+            Served::Error
+        } else {
+            served
+        };
+        if self.result.set((outcome, served)).is_ok() {
             self.done.notify_waiters();
         }
     }

@@ -12,17 +12,53 @@ macro_rules! counters {
             $($(#[$doc])* pub $name: u64,)*
         }
 
-        #[derive(Debug, Default)]
+        #[derive(Debug)]
         pub(crate) struct Counters {
-            $(pub(crate) $name: AtomicU64,)*
+            $(pub(crate) $name: Count,)*
         }
 
         impl Counters {
+            /// The counters of the cache of `namespace`: with the `metrics`
+            /// feature, each is also the counter
+            /// `herdcache_cache_<name>_total{namespace}`.
+            pub(crate) fn new(namespace: &str) -> Self {
+                let _ = namespace;
+                Counters {
+                    $($name: Count {
+                        n: AtomicU64::new(0),
+                        #[cfg(feature = "metrics")]
+                        m: metrics::counter!(
+                            concat!("herdcache_cache_", stringify!($name), "_total"),
+                            "namespace" => namespace.to_owned()
+                        ),
+                    },)*
+                }
+            }
+
             pub(crate) fn snapshot(&self) -> Stats {
-                Stats { $($name: self.$name.load(Relaxed),)* }
+                Stats { $($name: self.$name.n.load(Relaxed),)* }
             }
         }
+
+        /// Describes `herdcache_cache_<name>_total` for each counter.
+        #[cfg(feature = "metrics")]
+        pub(crate) fn describe() {
+            $(metrics::describe_counter!(
+                concat!("herdcache_cache_", stringify!($name), "_total"),
+                metrics::Unit::Count,
+                concat!("Stats::", stringify!($name), " by namespace")
+            );)*
+        }
     };
+}
+
+/// One counter: the atomic `Stats` reads, and with the `metrics` feature its
+/// metric handle (a no-op without a recorder: one branch).
+#[derive(Debug)]
+pub(crate) struct Count {
+    n: AtomicU64,
+    #[cfg(feature = "metrics")]
+    m: metrics::Counter,
 }
 
 counters! {
@@ -76,7 +112,10 @@ counters! {
 }
 
 impl Counters {
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Relaxed);
+    #[inline(always)]
+    pub(crate) fn bump(counter: &Count) {
+        counter.n.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        counter.m.increment(1);
     }
 }

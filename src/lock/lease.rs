@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::shared::telemetry;
 
 /// What one renewal attempt found.
 pub(crate) enum Renewal {
@@ -62,6 +63,7 @@ impl<H: Holder> Lease<H> {
     /// and valid for `validity` from then.
     pub(crate) fn start(
         holder: H,
+        name: Arc<str>,
         lease: Duration,
         sent: Instant,
         validity: Duration,
@@ -73,7 +75,7 @@ impl<H: Holder> Lease<H> {
             valid_until: Mutex::new(sent + validity),
             lost,
         });
-        let watchdog = tokio::spawn(watchdog(holder.clone(), state.clone(), lease));
+        let watchdog = tokio::spawn(watchdog(holder.clone(), state.clone(), lease, name));
         Lease {
             holder,
             state,
@@ -134,7 +136,7 @@ impl<H: Holder> Drop for Lease<H> {
     }
 }
 
-async fn watchdog<H: Holder>(holder: Arc<H>, state: Arc<State>, lease: Duration) {
+async fn watchdog<H: Holder>(holder: Arc<H>, state: Arc<State>, lease: Duration, name: Arc<str>) {
     let period = lease / 3;
     let validity = lease.saturating_sub(drift(lease));
     let mut next = Instant::now() + period;
@@ -160,4 +162,5 @@ async fn watchdog<H: Holder>(holder: Arc<H>, state: Arc<State>, lease: Duration)
         }
     }
     state.lost.send_replace(true);
+    telemetry::lease_lost(&name);
 }

@@ -38,6 +38,7 @@ use crate::lock::single::{DEFAULT_LEASE, MIN_LEASE, POLL_MAX};
 use crate::shared::new_token;
 use crate::shared::scripts::{EXTEND, RELEASE, TRY_LOCK};
 use crate::shared::server::evalsha;
+use crate::shared::telemetry::{self, CallSpan};
 
 /// The default bound on each master's answer: a master slower than this
 /// counts as a "no" for that attempt.
@@ -330,6 +331,19 @@ impl RedlockLock {
     /// # Cancel safety
     /// As [`acquire`](Self::acquire).
     pub async fn try_acquire(&self) -> Result<Option<RedlockGuard>, Error> {
+        let span = CallSpan::lock(&self.name);
+        let started = Instant::now();
+        let result = span.instrument(self.try_acquire_inner()).await;
+        let outcome = match &result {
+            Ok(Some(_)) => "acquired",
+            Ok(None) => "busy",
+            Err(_) => "error",
+        };
+        telemetry::lock_acquire(&span, &self.name, outcome, started.elapsed());
+        result
+    }
+
+    async fn try_acquire_inner(&self) -> Result<Option<RedlockGuard>, Error> {
         let majority = self.majority()?;
         let queue = self.redlock.inner.queues.enter(&self.name);
         let Ok(permit) = queue.queue.permit.clone().try_acquire_owned() else {
@@ -396,7 +410,21 @@ impl RedlockLock {
         Ok(Err(pttl))
     }
 
+    /// An acquisition in its span, reported when it ends.
     async fn acquire_until(&self, deadline: Option<Instant>) -> Result<RedlockGuard, Error> {
+        let span = CallSpan::lock(&self.name);
+        let started = Instant::now();
+        let result = span.instrument(self.acquire_until_inner(deadline)).await;
+        let outcome = match &result {
+            Ok(_) => "acquired",
+            Err(e) if e.kind() == ErrorKind::LockTimeout => "timeout",
+            Err(_) => "error",
+        };
+        telemetry::lock_acquire(&span, &self.name, outcome, started.elapsed());
+        result
+    }
+
+    async fn acquire_until_inner(&self, deadline: Option<Instant>) -> Result<RedlockGuard, Error> {
         let majority = self.majority()?;
         let queue = self.redlock.inner.queues.enter(&self.name);
         let timed_out = || {
@@ -456,7 +484,14 @@ impl RedlockLock {
         keep: Box<dyn Send>,
     ) -> RedlockGuard {
         RedlockGuard {
-            lease: Lease::start(majority, self.lease, sent, validity, keep),
+            lease: Lease::start(
+                majority,
+                self.name.clone(),
+                self.lease,
+                sent,
+                validity,
+                keep,
+            ),
             name: self.name.clone(),
         }
     }

@@ -15,6 +15,7 @@ use crate::lock::scripts::ACQUIRE;
 use crate::shared::new_token;
 use crate::shared::scripts::{EXTEND, RELEASE};
 use crate::shared::server::{Server, evalsha};
+use crate::shared::telemetry::{self, CallSpan};
 
 /// The lease of a lock taken with no [`Lock::lease`]: 10 s. A holder that
 /// crashes blocks the name for at most this long; a live holder keeps it
@@ -212,6 +213,22 @@ impl Lock {
     /// # Cancel safety
     /// As [`acquire`](Self::acquire).
     pub async fn try_acquire(&self) -> Result<Option<LockGuard>, Error> {
+        let span = CallSpan::lock(&self.name);
+        let started = Instant::now();
+        let result = span.instrument(self.try_acquire_inner()).await;
+        let outcome = match &result {
+            Ok(Some(guard)) => {
+                span.fencing_token(guard.fence);
+                "acquired"
+            }
+            Ok(None) => "busy",
+            Err(_) => "error",
+        };
+        telemetry::lock_acquire(&span, &self.name, outcome, started.elapsed());
+        result
+    }
+
+    async fn try_acquire_inner(&self) -> Result<Option<LockGuard>, Error> {
         let keys = Arc::new(self.check()?);
         let queue = self.client.locks.enter(&self.name);
         let Ok(permit) = queue.queue.permit.clone().try_acquire_owned() else {
@@ -237,7 +254,24 @@ impl Lock {
         Ok(keys)
     }
 
+    /// An acquisition in its span, reported when it ends.
     async fn acquire_until(&self, deadline: Option<Instant>) -> Result<LockGuard, Error> {
+        let span = CallSpan::lock(&self.name);
+        let started = Instant::now();
+        let result = span.instrument(self.acquire_until_inner(deadline)).await;
+        let outcome = match &result {
+            Ok(guard) => {
+                span.fencing_token(guard.fence);
+                "acquired"
+            }
+            Err(e) if e.kind() == ErrorKind::LockTimeout => "timeout",
+            Err(_) => "error",
+        };
+        telemetry::lock_acquire(&span, &self.name, outcome, started.elapsed());
+        result
+    }
+
+    async fn acquire_until_inner(&self, deadline: Option<Instant>) -> Result<LockGuard, Error> {
         let keys = Arc::new(self.check()?);
         let queue = self.client.locks.enter(&self.name);
         let timed_out = || {
@@ -348,6 +382,7 @@ impl Lock {
         LockGuard {
             lease: Lease::start(
                 single,
+                self.name.clone(),
                 self.lease,
                 sent,
                 validity,

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::shared::now_ms;
+use crate::shared::telemetry;
 
 #[derive(Debug)]
 pub(crate) struct Breaker {
@@ -51,14 +52,19 @@ impl Breaker {
     pub(crate) fn record<T>(&self, result: &redis::RedisResult<T>) {
         match result {
             Err(e) if is_outage(e) => {
-                self.open_until_ms
-                    .store(now_ms() + self.cooldown_ms, Relaxed);
+                let was = self
+                    .open_until_ms
+                    .swap(now_ms() + self.cooldown_ms, Relaxed);
                 self.probing.store(false, Relaxed);
+                if was == 0 {
+                    telemetry::breaker_opened(self.cooldown_ms);
+                }
             }
             _ => {
-                if self.open_until_ms.load(Relaxed) != 0 {
-                    self.open_until_ms.store(0, Relaxed);
+                if self.open_until_ms.load(Relaxed) != 0 && self.open_until_ms.swap(0, Relaxed) != 0
+                {
                     self.probing.store(false, Relaxed);
+                    telemetry::breaker_closed();
                 }
             }
         }

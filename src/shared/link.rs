@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::shared::server::bounded;
+use crate::shared::telemetry;
 
 /// How long the reconnect task waits between two failed attempts. Each
 /// attempt is itself bounded by `redis_timeout`; a Redis that is back is
@@ -540,13 +541,23 @@ async fn reconnect_task(link: Weak<Link>, mut lost: mpsc::UnboundedReceiver<u64>
             }
         };
         match link.upgrade() {
-            Some(l) if l.retire(serial) => l.router.each(|l| l.lost()),
+            Some(l) if l.retire(serial) => {
+                // (A lazy start's first connection is not a loss.)
+                if serial != u64::MAX {
+                    telemetry::connection_lost(serial);
+                }
+                l.router.each(|l| l.lost())
+            }
             Some(_) => continue,
             None => return,
         }
+        let lost_at = Instant::now();
         loop {
             let Some(l) = link.upgrade() else { return };
             if l.connect().await.is_ok() {
+                if serial != u64::MAX {
+                    telemetry::reconnected(lost_at.elapsed());
+                }
                 l.router.each(|l| l.reconnected());
                 break;
             }

@@ -3,6 +3,9 @@
 //! router that hands each pub/sub message to the cache or lock listening on
 //! its channel) and the circuit breaker in front of it (`breaker.rs`).
 //!
+//! `telemetry.rs` is where every tool reports to `tracing` and `metrics`
+//! (each behind its feature).
+//!
 //! No tool opens a connection of its own: ten caches and a hundred lock
 //! waiters in one process share one connection to Redis.
 
@@ -11,6 +14,7 @@ pub(crate) mod link;
 pub(crate) mod scripts;
 pub(crate) mod server;
 pub(crate) mod stream;
+pub(crate) mod telemetry;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

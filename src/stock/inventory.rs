@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::client::Client;
 use crate::error::{Error, ErrorKind};
 use crate::shared::server::evalsha;
+use crate::shared::telemetry::{self, CallSpan};
 use crate::stock::keys::{StockKeys, check_id};
 use crate::stock::orders::Orders;
 use crate::stock::scripts::{CANCEL, RESERVE};
@@ -169,6 +170,27 @@ impl Stock {
     /// Dropping the future leaves the reservation made or not, as Redis
     /// got it; a retry with the same order id tells which.
     pub async fn reserve(
+        &self,
+        order_id: &str,
+        user_id: &str,
+        qty: impl TryInto<u32>,
+    ) -> Result<Reservation, Error> {
+        let span = CallSpan::reserve(&self.sku);
+        let started = std::time::Instant::now();
+        let result = span
+            .instrument(self.reserve_inner(order_id, user_id, qty))
+            .await;
+        let outcome = match &result {
+            Ok(Reservation::Reserved { .. }) => "reserved",
+            Ok(Reservation::SoldOut) => "sold_out",
+            Ok(Reservation::UserLimit) => "user_limit",
+            Err(_) => "error",
+        };
+        telemetry::reserve(&span, outcome, started.elapsed());
+        result
+    }
+
+    async fn reserve_inner(
         &self,
         order_id: &str,
         user_id: &str,
