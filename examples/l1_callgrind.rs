@@ -8,6 +8,10 @@
 //!     target/release/examples/l1_callgrind herdcache 0
 //! ```
 //!
+//! The default build has the `tracing` feature (no subscriber is installed
+//! here); add `--features metrics` to count with metrics compiled in (no
+//! recorder), or `--no-default-features --features bincode` for neither.
+//!
 //! Instructions per hit = (Ir of the N run - Ir of the 0 run) / N: the setup
 //! (a `redis-server` child process, the Redis connection, the caches) is
 //! identical in both runs and cancels out. Modes:
