@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::lock::queue::Turn;
 use crate::shared::telemetry;
 
 /// What one renewal attempt found.
@@ -52,9 +53,9 @@ pub(crate) struct Lease<H: Holder> {
     holder: Arc<H>,
     state: Arc<State>,
     watchdog: JoinHandle<()>,
-    /// Kept until the lease is released, then dropped: the local queue's
-    /// permit, so the next local waiter starts only once Redis is free.
-    keep: Option<Box<dyn Send>>,
+    /// Kept until the lease is released, then dropped: this process's turn
+    /// at the name, so the next local waiter starts only once Redis is free.
+    turn: Option<Turn>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -67,7 +68,7 @@ impl<H: Holder> Lease<H> {
         lease: Duration,
         sent: Instant,
         validity: Duration,
-        keep: Box<dyn Send>,
+        turn: Turn,
     ) -> Self {
         let holder = Arc::new(holder);
         let (lost, _) = watch::channel(false);
@@ -80,7 +81,7 @@ impl<H: Holder> Lease<H> {
             holder,
             state,
             watchdog,
-            keep: Some(keep),
+            turn: Some(turn),
             runtime: tokio::runtime::Handle::current(),
         }
     }
@@ -116,7 +117,7 @@ impl<H: Holder> Lease<H> {
         self.watchdog.abort();
         let released = self.holder.release().await;
         // The permit goes only now: the next local waiter finds Redis free.
-        drop(self.keep.take());
+        drop(self.turn.take());
         released
     }
 }
@@ -126,11 +127,11 @@ impl<H: Holder> Drop for Lease<H> {
         self.watchdog.abort();
         // Dropped without `release`: release at once in the background
         // rather than leave the lock taken until the lease runs out.
-        if let Some(keep) = self.keep.take() {
+        if let Some(turn) = self.turn.take() {
             let holder = self.holder.clone();
             self.runtime.spawn(async move {
                 let _ = holder.release().await;
-                drop(keep);
+                drop(turn);
             });
         }
     }

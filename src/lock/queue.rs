@@ -9,10 +9,124 @@
 //! left when the last one is done.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{Notify, Semaphore};
+use std::time::Duration;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
+use crate::error::Error;
 use crate::shared::link::{Link, Listener, Listening};
+
+/// The first and the longest interval of a waiter's fallback poll
+/// (notices normally wake it long before).
+const POLL_MIN: Duration = Duration::from_millis(20);
+const POLL_MAX: Duration = Duration::from_millis(250);
+
+/// This process's turn at a name: the head of its queue. A guard keeps it
+/// until its lock is released in Redis, so the next local waiter starts
+/// only then.
+pub(crate) struct Turn {
+    _permit: OwnedSemaphorePermit,
+    _queue: QueueRef,
+}
+
+/// What one attempt at the lock in Redis found.
+pub(crate) enum Attempt<T> {
+    Taken(T),
+    /// Held by another for `pttl` more (zero: nobody holds it, but it was
+    /// not granted either: a Redlock vote that split).
+    Held {
+        pttl: Duration,
+    },
+}
+
+/// How a waiter paces its attempts.
+pub(crate) struct Pacing<'a> {
+    /// The connections to hear the release notice on (one; a Redlock's
+    /// every master).
+    pub(crate) links: &'a [&'a Arc<Link>],
+    pub(crate) channel: &'a str,
+    /// Add a random 1-20 ms to each wait, so that competing Redlock
+    /// clients do not keep splitting the vote.
+    pub(crate) jitter: bool,
+}
+
+impl QueueRef {
+    /// The turn, if nobody in this process holds or awaits the name.
+    pub(crate) fn try_turn(self) -> Option<Turn> {
+        let permit = self.queue.permit.clone().try_acquire_owned().ok()?;
+        Some(Turn {
+            _permit: permit,
+            _queue: self,
+        })
+    }
+
+    /// Waits for this process's turn (FIFO), then for the lock: `attempt`
+    /// until it is taken. Between attempts the waiter sleeps until the
+    /// release notice (subscribed, then re-checked, before the first sleep:
+    /// no lost wake-up), the holder's lease running out (a crashed holder),
+    /// or the fallback poll (20 ms doubling to 250 ms), whichever is first;
+    /// past `deadline`, `timed_out()`.
+    pub(crate) async fn take_in_turn<T, F, Fut>(
+        self,
+        deadline: Option<Instant>,
+        pacing: Pacing<'_>,
+        timed_out: impl Fn() -> Error,
+        mut attempt: F,
+    ) -> Result<(T, Turn), Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Attempt<T>, Error>>,
+    {
+        let permit = self.queue.permit.clone().acquire_owned();
+        let permit = match deadline {
+            Some(d) => tokio::time::timeout_at(d, permit)
+                .await
+                .map_err(|_| timed_out())?,
+            None => permit.await,
+        }
+        .expect("the queue's semaphore is never closed");
+        let wake_on = self.queue.wake.clone();
+        let mut poll = POLL_MIN;
+        loop {
+            let wake = wake_on.notify.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            let pttl = match attempt().await? {
+                Attempt::Taken(taken) => {
+                    let turn = Turn {
+                        _permit: permit,
+                        _queue: self,
+                    };
+                    return Ok((taken, turn));
+                }
+                Attempt::Held { pttl } => pttl,
+            };
+            if self.queue.listen(pacing.links, pacing.channel).await {
+                continue;
+            }
+            let jitter = if pacing.jitter {
+                Duration::from_millis(fastrand::u64(1..=20))
+            } else {
+                Duration::ZERO
+            };
+            // A split vote (pttl zero) is retried after the jitter alone.
+            let wait = if pttl.is_zero() && pacing.jitter {
+                jitter
+            } else {
+                (pttl + Duration::from_millis(1)).min(poll) + jitter
+            };
+            poll = (poll * 2).min(POLL_MAX);
+            let deadline = deadline.unwrap_or(Instant::now() + Duration::from_secs(86_400 * 365));
+            tokio::select! {
+                _ = &mut wake => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep_until(deadline) => return Err(timed_out()),
+            }
+        }
+    }
+}
 
 /// Every lock name some task of this process acquires or holds.
 #[derive(Default)]

@@ -33,8 +33,8 @@ use crate::client::Client;
 use crate::error::{Error, ErrorKind};
 use crate::lock::keys::LockKeys;
 use crate::lock::lease::{Holder, Lease, Renewal, drift};
-use crate::lock::queue::Queues;
-use crate::lock::single::{DEFAULT_LEASE, MIN_LEASE, POLL_MAX};
+use crate::lock::queue::{Attempt, Pacing, Queues, Turn};
+use crate::lock::single::{DEFAULT_LEASE, MIN_LEASE};
 use crate::shared::new_token;
 use crate::shared::scripts::{EXTEND, RELEASE, TRY_LOCK};
 use crate::shared::server::evalsha;
@@ -345,17 +345,12 @@ impl RedlockLock {
 
     async fn try_acquire_inner(&self) -> Result<Option<RedlockGuard>, Error> {
         let majority = self.majority()?;
-        let queue = self.redlock.inner.queues.enter(&self.name);
-        let Ok(permit) = queue.queue.permit.clone().try_acquire_owned() else {
+        let Some(turn) = self.redlock.inner.queues.enter(&self.name).try_turn() else {
             return Ok(None);
         };
         match self.attempt(&majority).await? {
-            Ok(validity_from) => Ok(Some(self.guard(
-                majority,
-                validity_from,
-                Box::new((permit, queue)),
-            ))),
-            Err(_) => Ok(None),
+            Attempt::Taken(validity_from) => Ok(Some(self.guard(majority, validity_from, turn))),
+            Attempt::Held { .. } => Ok(None),
         }
     }
 
@@ -377,12 +372,10 @@ impl RedlockLock {
         })
     }
 
-    /// One round: `Ok(Ok((sent, validity)))` if a majority granted it in
-    /// time; `Ok(Err(pttl))` if not (what was taken is released again).
-    async fn attempt(
-        &self,
-        majority: &Majority,
-    ) -> Result<Result<(Instant, Duration), Duration>, Error> {
+    /// One round: taken, with when it was sent and its validity, if a
+    /// majority granted it in time; else held (what was taken is released
+    /// again), for the longest pttl a master reported (zero: a split vote).
+    async fn attempt(&self, majority: &Majority) -> Result<Attempt<(Instant, Duration)>, Error> {
         let sent = Instant::now();
         let (taken, answered, pttl) = majority.take().await;
         let validity = self
@@ -390,7 +383,7 @@ impl RedlockLock {
             .checked_sub(sent.elapsed() + drift(self.lease))
             .unwrap_or_default();
         if taken >= majority.quorum && !validity.is_zero() {
-            return Ok(Ok((sent, validity)));
+            return Ok(Attempt::Taken((sent, validity)));
         }
         if taken > 0 {
             // Taken on a minority (or too late): give those back at once.
@@ -407,7 +400,7 @@ impl RedlockLock {
                 ),
             ));
         }
-        Ok(Err(pttl))
+        Ok(Attempt::Held { pttl })
     }
 
     /// An acquisition in its span, reported when it ends.
@@ -426,62 +419,33 @@ impl RedlockLock {
 
     async fn acquire_until_inner(&self, deadline: Option<Instant>) -> Result<RedlockGuard, Error> {
         let majority = self.majority()?;
-        let queue = self.redlock.inner.queues.enter(&self.name);
+        let links: Vec<_> = majority.masters.iter().map(|m| &m.server.link).collect();
+        let pacing = Pacing {
+            links: &links,
+            channel: &majority.keys.channel,
+            jitter: true,
+        };
         let timed_out = || {
             Error::new(
                 ErrorKind::LockTimeout,
                 format!("lock {:?} not granted by a majority in time", self.name),
             )
         };
-        let permit = queue.queue.permit.clone().acquire_owned();
-        let permit = match deadline {
-            Some(d) => tokio::time::timeout_at(d, permit)
-                .await
-                .map_err(|_| timed_out())?,
-            None => permit.await,
-        }
-        .expect("the queue's semaphore is never closed");
-        let links: Vec<_> = majority.masters.iter().map(|m| &m.server.link).collect();
-        let mut poll = Duration::from_millis(20);
-        let wake_on = queue.queue.wake.clone();
-        loop {
-            let wake = wake_on.notify.notified();
-            tokio::pin!(wake);
-            wake.as_mut().enable();
-            let pttl = match self.attempt(&majority).await? {
-                Ok(validity_from) => {
-                    return Ok(self.guard(majority, validity_from, Box::new((permit, queue))));
-                }
-                Err(pttl) => pttl,
-            };
-            if queue.queue.listen(&links, &majority.keys.channel).await {
-                continue;
-            }
-            // A split vote (nobody holds a majority: pttl 0 on some) is
-            // retried after a random pause, so competing clients do not
-            // keep splitting it; a held lock is waited for by notice, its
-            // lease's end, or the fallback poll.
-            let jitter = Duration::from_millis(fastrand::u64(1..=20));
-            let wait = if pttl.is_zero() {
-                jitter
-            } else {
-                (pttl + Duration::from_millis(1)).min(poll) + jitter
-            };
-            poll = (poll * 2).min(POLL_MAX);
-            let deadline = deadline.unwrap_or(Instant::now() + Duration::from_secs(86_400 * 365));
-            tokio::select! {
-                _ = &mut wake => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = tokio::time::sleep_until(deadline) => return Err(timed_out()),
-            }
-        }
+        let (validity_from, turn) = self
+            .redlock
+            .inner
+            .queues
+            .enter(&self.name)
+            .take_in_turn(deadline, pacing, timed_out, || self.attempt(&majority))
+            .await?;
+        Ok(self.guard(majority, validity_from, turn))
     }
 
     fn guard(
         &self,
         majority: Majority,
         (sent, validity): (Instant, Duration),
-        keep: Box<dyn Send>,
+        turn: Turn,
     ) -> RedlockGuard {
         RedlockGuard {
             lease: Lease::start(
@@ -490,7 +454,7 @@ impl RedlockLock {
                 self.lease,
                 sent,
                 validity,
-                keep,
+                turn,
             ),
             name: self.name.clone(),
         }

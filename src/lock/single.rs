@@ -10,7 +10,7 @@ use crate::client::Client;
 use crate::error::{Error, ErrorKind};
 use crate::lock::keys::LockKeys;
 use crate::lock::lease::{Holder, Lease, Renewal, drift};
-use crate::lock::queue::QueueRef;
+use crate::lock::queue::{Attempt, Pacing, Turn};
 use crate::lock::scripts::ACQUIRE;
 use crate::shared::new_token;
 use crate::shared::scripts::{EXTEND, RELEASE};
@@ -27,11 +27,6 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 /// The shortest lease accepted: the watchdog must get a renewal through in
 /// a third of it.
 pub const MIN_LEASE: Duration = Duration::from_millis(30);
-
-/// The first and the longest interval of the fallback poll of a waiter
-/// (notices normally wake it long before).
-pub(crate) const POLL_MIN: Duration = Duration::from_millis(20);
-pub(crate) const POLL_MAX: Duration = Duration::from_millis(250);
 
 /// A distributed lock named by a string, on a [`Client`]'s Redis.
 ///
@@ -117,12 +112,6 @@ impl Holder for Single {
             .map_err(|e| Error::redis("release lock", e))?;
         Ok(n == 1)
     }
-}
-
-/// What one attempt found.
-enum Attempt {
-    Taken { fence: u64, sent: Instant },
-    Held { pttl: Duration },
 }
 
 /// Releases a lock whose acquisition was sent but whose answer was never
@@ -230,15 +219,12 @@ impl Lock {
 
     async fn try_acquire_inner(&self) -> Result<Option<LockGuard>, Error> {
         let keys = Arc::new(self.check()?);
-        let queue = self.client.locks.enter(&self.name);
-        let Ok(permit) = queue.queue.permit.clone().try_acquire_owned() else {
+        let Some(turn) = self.client.locks.enter(&self.name).try_turn() else {
             return Ok(None);
         };
         let token = new_token();
         match self.attempt(&keys, &token).await? {
-            Attempt::Taken { fence, sent } => {
-                Ok(Some(self.guard(keys, token, fence, sent, queue, permit)))
-            }
+            Attempt::Taken((fence, sent)) => Ok(Some(self.guard(keys, token, fence, sent, turn))),
             Attempt::Held { .. } => Ok(None),
         }
     }
@@ -273,60 +259,34 @@ impl Lock {
 
     async fn acquire_until_inner(&self, deadline: Option<Instant>) -> Result<LockGuard, Error> {
         let keys = Arc::new(self.check()?);
-        let queue = self.client.locks.enter(&self.name);
+        let token = new_token();
+        let pacing = Pacing {
+            links: &[&self.client.server.link],
+            channel: &keys.channel,
+            jitter: false,
+        };
         let timed_out = || {
             Error::new(
                 ErrorKind::LockTimeout,
                 format!("lock {:?} still held by another", self.name),
             )
         };
-        // Wait for our turn in this process first.
-        let permit = queue.queue.permit.clone().acquire_owned();
-        let permit = match deadline {
-            Some(d) => tokio::time::timeout_at(d, permit)
-                .await
-                .map_err(|_| timed_out())?,
-            None => permit.await,
-        }
-        .expect("the queue's semaphore is never closed");
-        let token = new_token();
-        let mut poll = POLL_MIN;
-        let wake_on = queue.queue.wake.clone();
-        loop {
-            let wake = wake_on.notify.notified();
-            tokio::pin!(wake);
-            wake.as_mut().enable();
-            let pttl = match self.attempt(&keys, &token).await? {
-                Attempt::Taken { fence, sent } => {
-                    return Ok(self.guard(keys, token, fence, sent, queue, permit));
-                }
-                Attempt::Held { pttl } => pttl,
-            };
-            // The first wait subscribes to the release notices; then check
-            // again before sleeping (the release may have come meanwhile).
-            if queue
-                .queue
-                .listen(&[&self.client.server.link], &keys.channel)
-                .await
-            {
-                continue;
-            }
-            // Woken by the notice; else when the holder's lease runs out
-            // (a crashed holder), else by the fallback poll.
-            let wake_at = Instant::now() + (pttl + Duration::from_millis(1)).min(poll);
-            poll = (poll * 2).min(POLL_MAX);
-            let deadline = deadline.unwrap_or(Instant::now() + Duration::from_secs(86_400 * 365));
-            tokio::select! {
-                _ = &mut wake => {}
-                _ = tokio::time::sleep_until(wake_at) => {}
-                _ = tokio::time::sleep_until(deadline) => return Err(timed_out()),
-            }
-        }
+        let ((fence, sent), turn) = self
+            .client
+            .locks
+            .enter(&self.name)
+            .take_in_turn(deadline, pacing, timed_out, || self.attempt(&keys, &token))
+            .await?;
+        Ok(self.guard(keys, token, fence, sent, turn))
     }
 
     /// One try: take the lock and its fencing token, or learn how long the
     /// holder's lease still runs.
-    async fn attempt(&self, keys: &Arc<LockKeys>, token: &str) -> Result<Attempt, Error> {
+    async fn attempt(
+        &self,
+        keys: &Arc<LockKeys>,
+        token: &str,
+    ) -> Result<Attempt<(u64, Instant)>, Error> {
         let server = &self.client.server;
         let mut cmd = evalsha(&ACQUIRE, 2);
         cmd.arg(&keys.lock)
@@ -349,10 +309,7 @@ impl Lock {
             _ => None,
         };
         match parsed {
-            Some((1, fence)) => Ok(Attempt::Taken {
-                fence: fence as u64,
-                sent,
-            }),
+            Some((1, fence)) => Ok(Attempt::Taken((fence as u64, sent))),
             Some((0, pttl)) => Ok(Attempt::Held {
                 pttl: Duration::from_millis(pttl.max(0) as u64),
             }),
@@ -369,8 +326,7 @@ impl Lock {
         token: String,
         fence: u64,
         sent: Instant,
-        queue: QueueRef,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        turn: Turn,
     ) -> LockGuard {
         let single = Single {
             server: self.client.server.clone(),
@@ -380,14 +336,7 @@ impl Lock {
         };
         let validity = self.lease.saturating_sub(drift(self.lease));
         LockGuard {
-            lease: Lease::start(
-                single,
-                self.name.clone(),
-                self.lease,
-                sent,
-                validity,
-                Box::new((permit, queue)),
-            ),
+            lease: Lease::start(single, self.name.clone(), self.lease, sent, validity, turn),
             fence,
             name: self.name.clone(),
         }
