@@ -46,6 +46,9 @@ pub const MIN_LEASE: Duration = Duration::from_millis(30);
 pub struct Lock {
     client: Client,
     name: Arc<str>,
+    /// Built once per handle, so reusing a `Lock` builds no key names; a
+    /// bad name is kept as its error, reported by each acquire.
+    keys: Result<Arc<LockKeys>, Error>,
     lease: Duration,
 }
 
@@ -142,6 +145,7 @@ impl Lock {
     pub(crate) fn new(client: Client, name: String) -> Self {
         Lock {
             client,
+            keys: LockKeys::new(&name).map(Arc::new),
             name: name.into(),
             lease: DEFAULT_LEASE,
         }
@@ -218,7 +222,7 @@ impl Lock {
     }
 
     async fn try_acquire_inner(&self) -> Result<Option<LockGuard>, Error> {
-        let keys = Arc::new(self.check()?);
+        let keys = self.check()?;
         let Some(turn) = self.client.locks.enter(&self.name).try_turn() else {
             return Ok(None);
         };
@@ -229,8 +233,8 @@ impl Lock {
         }
     }
 
-    fn check(&self) -> Result<LockKeys, Error> {
-        let keys = LockKeys::new(&self.name)?;
+    fn check(&self) -> Result<Arc<LockKeys>, Error> {
+        let keys = self.keys.clone()?;
         if self.lease < MIN_LEASE {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -258,7 +262,7 @@ impl Lock {
     }
 
     async fn acquire_until_inner(&self, deadline: Option<Instant>) -> Result<LockGuard, Error> {
-        let keys = Arc::new(self.check()?);
+        let keys = self.check()?;
         let token = new_token();
         let pacing = Pacing {
             links: &[&self.client.server.link],
