@@ -87,10 +87,13 @@ fn openssl(dir: &Path, args: &[&str]) {
 /// A CA, a server certificate it signed for 127.0.0.1, and a second CA
 /// that signed nothing of ours.
 fn pki() -> Pki {
+    // One directory per call: the tests of this file run at once.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "herdcache-tls-{}-{}",
+        "herdcache-tls-{}-{}-{}",
         std::process::id(),
-        support::now_ms()
+        support::now_ms(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let ec = [
