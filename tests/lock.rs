@@ -233,6 +233,9 @@ async fn ten_caches_and_a_hundred_waiters_use_one_connection() {
 async fn acquire_fails_fast_while_redis_is_down_and_works_when_it_is_back() {
     let mut redis = RedisServer::start();
     let client = client(&redis).await;
+    let before = client.lock("r").acquire().await.unwrap();
+    let old_token = before.fencing_token();
+    before.release().await.unwrap();
     redis.kill();
     let t = Instant::now();
     let err = client.lock("r").acquire().await.unwrap_err();
@@ -243,6 +246,9 @@ async fn acquire_fails_fast_while_redis_is_down_and_works_when_it_is_back() {
     loop {
         match client.lock("r").try_acquire().await {
             Ok(Some(g)) => {
+                // A Redis without persistence lost the counter: the token
+                // starts again at the server's clock, above the old one.
+                assert!(g.fencing_token() > old_token, "fencing token went back");
                 g.release().await.unwrap();
                 break;
             }

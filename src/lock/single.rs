@@ -83,10 +83,9 @@ fn ms(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
-/// How long a fence key outlives the last acquisition of its name. Past
-/// it the counter is gone and the clock floor alone keeps tokens
-/// increasing (see `scripts.rs`), so a name used once does not stay in
-/// Redis forever.
+/// How long a fence counter lives after it was started. Past it the
+/// counter starts again at the server's clock, far above its old values
+/// (see `scripts.rs`), so a name used once does not stay in Redis forever.
 const FENCE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl Holder for Single {
@@ -353,12 +352,13 @@ impl LockGuard {
     /// write to the resource the lock protects, and have the resource
     /// refuse a write whose token is below the highest it has seen: a
     /// holder that was paused past its lease (and so lost the lock
-    /// unknowingly) is then refused. Tokens are not consecutive: they are
-    /// kept at or above the Redis server's clock in microseconds, which is
-    /// what keeps them increasing across a Redis restart without
-    /// persistence or a failover to a replica that missed the last
-    /// acquisition (as long as the server clock does not step back;
-    /// with AOF `appendfsync always` the counter itself survives).
+    /// unknowingly) is then refused. Tokens count up from the Redis
+    /// server's clock in microseconds at the time the name's counter
+    /// started, and a counter lost to a Redis restart without persistence
+    /// (or a failover to a replica that missed it) starts again at the
+    /// clock: that is what keeps them increasing across such a loss, as
+    /// long as the server clock does not step back (with AOF
+    /// `appendfsync always` the counter itself survives).
     pub fn fencing_token(&self) -> u64 {
         self.fence
     }
