@@ -4,7 +4,7 @@
 //!
 //! | bench | round trips | what one operation does |
 //! |---|---|---|
-//! | `herdcache` | 2 | `client.lock(name).acquire().await` (local queue permit, `EVALSHA` acquire-and-fence: `SET NX PX`, `TIME`, `GET` + `SET PX` of the fence key; spawn the watchdog task), then `guard.release().await` (abort the watchdog, `EVALSHA` compare-and-delete + `PUBLISH`) |
+//! | `herdcache` | 2 | `client.lock(name).acquire().await` (local queue permit, `EVALSHA` acquire-and-fence: `SET NX PX`, `INCR` of the fence counter (`TIME` and `SET PX` only when the counter is new); spawn the watchdog task), then `guard.release().await` (abort the watchdog, `EVALSHA` compare-and-delete + `PUBLISH`) |
 //! | `raw` | 2 | `SET lock token NX PX 10000`, then `EVALSHA` of the standard compare-and-delete (`GET` == token then `DEL`), on one `MultiplexedConnection` set up like herdcache's (RESP3): **the issue's baseline** |
 //! | `raw_fenced` | 2 | herdcache's own two scripts (acquire-and-fence, release-and-publish, copied here) sent by `EVALSHA` on the raw connection: the server-side work of `herdcache` without its client-side code |
 //! | `redlock_5` | 2 fan-outs | `redlock.lock(name).acquire().await` + `release()` over 5 masters (each: `EVALSHA` `SET NX PX` / compare-and-delete + `PUBLISH`, all 5 at once) |
@@ -64,11 +64,12 @@ const RAW_RELEASE: &str =
 /// herdcache's acquire-and-fence script (`src/lock/scripts.rs`), verbatim.
 const FENCED_ACQUIRE: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local t = redis.call('TIME')
-  local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local last = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-  local fence = math.max(last + 1, floor)
-  redis.call('SET', KEYS[2], string.format('%d', fence), 'PX', ARGV[3])
+  local fence = redis.call('INCR', KEYS[2])
+  if fence == 1 then
+    local t = redis.call('TIME')
+    fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    redis.call('SET', KEYS[2], string.format('%d', fence), 'PX', ARGV[3])
+  end
   return {1, fence}
 end
 return {0, math.max(redis.call('PTTL', KEYS[1]), 0)}
