@@ -108,6 +108,25 @@ impl Client {
             .await
     }
 
+    /// Redis Cluster: **not supported yet**. Every tool already keeps the
+    /// keys of one name (and every script's keys) in one hash slot, but the
+    /// connection and the notice channels are single-node, so this returns
+    /// an [`ErrorKind::Config`] error at once rather than a client that
+    /// would talk to one node of the cluster as if it were all of it.
+    ///
+    /// # Errors
+    /// Always [`ErrorKind::Config`], until Cluster support lands.
+    pub async fn cluster<S: AsRef<str>>(node_urls: &[S]) -> Result<Client, Error> {
+        Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "Redis Cluster is not supported yet ({} node URLs given): use a standalone Redis or \
+                 Client::sentinel",
+                node_urls.len()
+            ),
+        ))
+    }
+
     /// A builder for [`Client::sentinel`], for its settings (and
     /// [`ClientBuilder::master_auth`]).
     pub fn sentinel_builder<S: AsRef<str>>(

@@ -186,6 +186,14 @@ async fn bad_input_is_a_typed_error_and_takes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_is_refused_with_a_typed_error_until_it_is_supported() {
+    let redis = RedisServer::start();
+    let err = Client::cluster(&[redis.url()]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("not supported"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_keys_never_collide_with_cache_keys() {
     let redis = RedisServer::start();
     let client = client(&redis).await;
