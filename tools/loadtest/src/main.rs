@@ -38,6 +38,7 @@ mod chart;
 mod db;
 mod lock;
 mod report;
+mod scenario;
 mod seckill;
 mod strategies;
 mod worker;

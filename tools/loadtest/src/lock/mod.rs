@@ -24,9 +24,8 @@ pub mod strategies;
 pub mod worker;
 
 use std::path::Path;
-use std::time::Duration;
 
-use crate::{Launch, Res, run_workers, support};
+use crate::{Launch, Res, run_workers, scenario};
 use report::{Report, Settings, command_delta, commandstats};
 use strategies::{LEASE, LockStrategy};
 use worker::{MAX_SECTIONS_PER_TASK, Spec, progress_key};
@@ -61,30 +60,12 @@ pub fn run(o: Options, exe: &Path) -> Res<()> {
     };
     // Everything we print besides the result goes to stderr, so `--json`
     // output can be piped as is.
-    let mut servers = Vec::new();
-    let (lock_url, book_url) = match std::env::var("REDIS_URL") {
-        Ok(url) => (url.clone(), url),
-        Err(_) => {
-            servers.push(support::RedisServer::start());
-            servers.push(support::RedisServer::start());
-            let (lock, book) = (servers[0].url(), servers[1].url());
-            eprintln!(
-                "started two throwaway redis-servers: {lock} for the locks, {book} for the \
-                 tool's bookkeeping"
-            );
-            (lock, book)
-        }
-    };
+    let (_servers, lock_url, book_url) = scenario::two_servers("the locks");
     if !o.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!("{}", report::headline(&settings));
     }
-    let connect = |url: &str| -> Res<redis::Connection> {
-        let con = redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(5))?;
-        con.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(con)
-    };
-    let mut book = connect(&book_url)?;
-    let mut locks = connect(&lock_url)?;
+    let mut book = scenario::connect(&book_url)?;
+    let mut locks = scenario::connect(&lock_url)?;
 
     // A unique prefix per run and strategy: lock names and bookkeeping
     // keys never meet another run's on a shared Redis.

@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use crate::lock::strategies::{LockStrategy, Locker};
+use crate::scenario;
 use crate::worker::ready_then_go;
 
 /// Everything a lock worker needs, passed as one JSON argument.
@@ -56,8 +57,6 @@ impl Spec {
 /// Hard cap on a task's critical sections, whatever `--count` says: every
 /// loop is bounded in count as well as in time.
 pub const MAX_SECTIONS_PER_TASK: u64 = 1_000_000;
-/// How often a worker adds its progress to `<run>:sections`.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// After a Redis error, a task pauses this long before trying again.
 const ERROR_PAUSE: Duration = Duration::from_millis(10);
 
@@ -210,7 +209,13 @@ pub async fn run(spec: Spec, index: usize) -> Result<(), String> {
     });
 
     let finished = Arc::new(AtomicBool::new(false));
-    let progress = tokio::spawn(progress(shared.clone(), finished.clone()));
+    let progress = {
+        let (s, finished) = (shared.clone(), finished.clone());
+        tokio::spawn(async move {
+            let (key, run_ms) = (progress_key(&s.spec.run), s.spec.duration_ms);
+            scenario::report_progress(s.book.clone(), key, &s.done, &finished, run_ms).await
+        })
+    };
     let handles: Vec<_> = (0..shared.spec.tasks)
         .map(|t| {
             let id = (index as u32) << 16 | t as u32;
@@ -239,31 +244,6 @@ pub async fn run(spec: Spec, index: usize) -> Result<(), String> {
         .query_async::<()>(&mut book)
         .await
         .map_err(|e| format!("report to redis: {e}"))
-}
-
-/// Adds this process's critical sections to `<run>:sections` every
-/// [`PROGRESS_EVERY`], for the parent's progress bar; one last time when
-/// the tasks are done.
-async fn progress(s: Arc<Shared>, finished: Arc<AtomicBool>) {
-    let key = progress_key(&s.spec.run);
-    let mut con = s.book.clone();
-    let mut sent = 0;
-    // Bounded: the run's length in periods, plus a minute of slack.
-    let max = s.spec.duration_ms / PROGRESS_EVERY.as_millis() as u64 + 240;
-    for _ in 0..max {
-        let last = finished.load(Ordering::Relaxed);
-        if !last {
-            tokio::time::sleep(PROGRESS_EVERY).await;
-        }
-        let done = s.done.load(Ordering::Relaxed);
-        if done > sent {
-            let _: Result<u64, _> = con.incr(&key, done - sent).await;
-            sent = done;
-        }
-        if last {
-            return;
-        }
-    }
 }
 
 async fn task(s: Arc<Shared>, id: u32, seed: u64) -> (WorkerOut, Vec<Record>) {

@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::lock::worker::unix_us;
-use crate::{Launch, Res, run_workers, support};
+use crate::{Launch, Res, run_workers, scenario};
 use report::{AfterRun, Report, Settings};
 use strategies::{Keys, SeckillStrategy};
 use worker::{Spec, progress_key};
@@ -93,30 +93,12 @@ pub fn run(o: Options, exe: &Path) -> Res<()> {
     };
     // Everything we print besides the result goes to stderr, so `--json`
     // output can be piped as is.
-    let mut servers = Vec::new();
-    let (stock_url, book_url) = match std::env::var("REDIS_URL") {
-        Ok(url) => (url.clone(), url),
-        Err(_) => {
-            servers.push(support::RedisServer::start());
-            servers.push(support::RedisServer::start());
-            let (stock, book) = (servers[0].url(), servers[1].url());
-            eprintln!(
-                "started two throwaway redis-servers: {stock} for the sale, {book} for the \
-                 tool's bookkeeping"
-            );
-            (stock, book)
-        }
-    };
+    let (_servers, stock_url, book_url) = scenario::two_servers("the sale");
     if !o.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!("{}", report::headline(&settings));
     }
-    let connect = |url: &str| -> Res<redis::Connection> {
-        let con = redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(5))?;
-        con.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(con)
-    };
-    let mut book = connect(&book_url)?;
-    let mut sale = connect(&stock_url)?;
+    let mut book = scenario::connect(&book_url)?;
+    let mut sale = scenario::connect(&stock_url)?;
     // herdcache's side in this process (the stock's setting, the order
     // consumer): one runtime thread, so the consumer runs while this
     // thread watches the workers.

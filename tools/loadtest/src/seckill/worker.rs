@@ -9,7 +9,6 @@
 //! and the answer; the parent merges every process's records after the run
 //! (see `report.rs`). Nothing is added to the sale's Redis.
 
-use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -17,6 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::lock::worker::unix_us;
+use crate::scenario;
 use crate::seckill::strategies::{Outcome, SeckillStrategy, Seller, TaskSeller};
 use crate::worker::ready_then_go;
 
@@ -75,9 +75,6 @@ pub fn report_key(run: &str, index: usize) -> String {
 pub fn progress_key(run: &str) -> String {
     format!("{run}:attempts")
 }
-
-/// How often a worker adds its progress to `<run>:attempts`.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// One buyer's attempt, in Unix µs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,7 +207,13 @@ pub async fn run(spec: Spec, index: usize) -> Result<(), String> {
     });
 
     let finished = Arc::new(AtomicBool::new(false));
-    let progress = tokio::spawn(progress(shared.clone(), book.clone(), finished.clone()));
+    let progress = {
+        let (s, book, finished) = (shared.clone(), book.clone(), finished.clone());
+        tokio::spawn(async move {
+            let (key, run_ms) = (progress_key(&s.spec.run), s.spec.time_limit_ms);
+            scenario::report_progress(book, key, &s.done, &finished, run_ms).await
+        })
+    };
     let handles: Vec<_> = sellers
         .into_iter()
         .map(|seller| tokio::spawn(task(shared.clone(), seller)))
@@ -237,34 +240,6 @@ pub async fn run(spec: Spec, index: usize) -> Result<(), String> {
         .query_async::<()>(&mut book)
         .await
         .map_err(|e| format!("report to redis: {e}"))
-}
-
-/// Adds this process's answered attempts to `<run>:attempts` every
-/// [`PROGRESS_EVERY`], for the parent's progress bar; one last time when
-/// the tasks are done.
-async fn progress(
-    s: Arc<Shared>,
-    mut con: redis::aio::MultiplexedConnection,
-    finished: Arc<AtomicBool>,
-) {
-    let key = progress_key(&s.spec.run);
-    let mut sent = 0;
-    // Bounded: the time limit in periods, plus a minute of slack.
-    let max = s.spec.time_limit_ms / PROGRESS_EVERY.as_millis() as u64 + 240;
-    for _ in 0..max {
-        let last = finished.load(Ordering::Relaxed);
-        if !last {
-            tokio::time::sleep(PROGRESS_EVERY).await;
-        }
-        let done = s.done.load(Ordering::Relaxed);
-        if done > sent {
-            let _: Result<u64, _> = con.incr(&key, done - sent).await;
-            sent = done;
-        }
-        if last {
-            return;
-        }
-    }
 }
 
 async fn task(s: Arc<Shared>, mut seller: TaskSeller) -> (WorkerOut, Vec<Record>) {
