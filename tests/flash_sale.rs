@@ -52,6 +52,23 @@ fn kv(k: &str, v: impl ToString) -> String {
     format!("{k}={}", v.to_string())
 }
 
+/// A worker's arguments: its mode, the sale's Redis, the log Redis, then
+/// `rest`.
+fn worker_args(
+    mode: &str,
+    redis: &RedisServer,
+    log: &RedisServer,
+    rest: Vec<String>,
+) -> Vec<String> {
+    let mut args = vec![
+        mode.to_owned(),
+        kv("url", redis.url()),
+        kv("log", log.url()),
+    ];
+    args.extend(rest);
+    args
+}
+
 fn temp_db(tag: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!(
         "herdcache-test-{tag}-{}-{}.sqlite3",
@@ -126,28 +143,32 @@ async fn ten_thousand_buyers_on_a_stock_of_100_sell_exactly_100_twenty_times() {
     }
     let mut workers = Procs(Vec::new());
     for i in 0..2 {
-        workers.spawn(vec![
-            "consumer".into(),
-            kv("url", redis.url()),
-            kv("log", log_redis.url()),
-            kv("db", db.display()),
-            kv("sku", "sale"),
-            kv("runs", runs),
-            kv("name", format!("w{i}")),
-        ]);
+        workers.spawn(worker_args(
+            "consumer",
+            &redis,
+            &log_redis,
+            vec![
+                kv("db", db.display()),
+                kv("sku", "sale"),
+                kv("runs", runs),
+                kv("name", format!("w{i}")),
+            ],
+        ));
     }
     let mut buyers = Procs(Vec::new());
     let started = Instant::now();
     for _ in 0..8 {
-        buyers.spawn(vec![
-            "buyer".into(),
-            kv("url", redis.url()),
-            kv("log", log_redis.url()),
-            kv("sku", "sale"),
-            kv("runs", runs),
-            kv("attempts", 1250),
-            kv("tasks", 16),
-        ]);
+        buyers.spawn(worker_args(
+            "buyer",
+            &redis,
+            &log_redis,
+            vec![
+                kv("sku", "sale"),
+                kv("runs", runs),
+                kv("attempts", 1250),
+                kv("tasks", 16),
+            ],
+        ));
     }
     buyers.wait_all();
     let buying = started.elapsed();
@@ -184,16 +205,18 @@ async fn the_per_user_limit_holds_across_processes() {
     client.stock("ltd").set_available(100).await.unwrap();
     let mut buyers = Procs(Vec::new());
     for _ in 0..5 {
-        buyers.spawn(vec![
-            "buyer".into(),
-            kv("url", redis.url()),
-            kv("log", log_redis.url()),
-            kv("sku", "ltd"),
-            kv("attempts", 10),
-            kv("tasks", 10),
-            kv("limit", 3),
-            kv("user", "fixed"),
-        ]);
+        buyers.spawn(worker_args(
+            "buyer",
+            &redis,
+            &log_redis,
+            vec![
+                kv("sku", "ltd"),
+                kv("attempts", 10),
+                kv("tasks", 10),
+                kv("limit", 3),
+                kv("user", "fixed"),
+            ],
+        ));
     }
     buyers.wait_all();
     let mut log = log_redis.connection();
@@ -217,16 +240,18 @@ async fn a_killed_workers_orders_are_taken_over_and_stored_once() {
     }
     let claim_ms = 1000;
     let worker = |name: &str, slow_ms: u64| {
-        vec![
-            "consumer".into(),
-            kv("url", redis.url()),
-            kv("log", log_redis.url()),
-            kv("db", db.display()),
-            kv("sku", "k"),
-            kv("name", name),
-            kv("claim_ms", claim_ms),
-            kv("slow_ms", slow_ms),
-        ]
+        worker_args(
+            "consumer",
+            &redis,
+            &log_redis,
+            vec![
+                kv("db", db.display()),
+                kv("sku", "k"),
+                kv("name", name),
+                kv("claim_ms", claim_ms),
+                kv("slow_ms", slow_ms),
+            ],
+        )
     };
     // A slow worker takes a batch, stores a few, and is killed.
     let mut slow = Procs(Vec::new());
@@ -300,25 +325,25 @@ async fn a_redis_restart_mid_sale_oversells_nothing_and_loses_no_told_order() {
     client.stock("r").set_available(300).await.unwrap();
     drop(client);
     let mut workers = Procs(Vec::new());
-    workers.spawn(vec![
-        "consumer".into(),
-        kv("url", redis.url()),
-        kv("log", log_redis.url()),
-        kv("db", db.display()),
-        kv("sku", "r"),
-        kv("name", "w"),
-        kv("claim_ms", 500),
-    ]);
+    workers.spawn(worker_args(
+        "consumer",
+        &redis,
+        &log_redis,
+        vec![
+            kv("db", db.display()),
+            kv("sku", "r"),
+            kv("name", "w"),
+            kv("claim_ms", 500),
+        ],
+    ));
     let mut buyers = Procs(Vec::new());
     for _ in 0..4 {
-        buyers.spawn(vec![
-            "buyer".into(),
-            kv("url", redis.url()),
-            kv("log", log_redis.url()),
-            kv("sku", "r"),
-            kv("attempts", 2000),
-            kv("tasks", 8),
-        ]);
+        buyers.spawn(worker_args(
+            "buyer",
+            &redis,
+            &log_redis,
+            vec![kv("sku", "r"), kv("attempts", 2000), kv("tasks", 8)],
+        ));
     }
     let mut log = log_redis.connection();
     let deadline = Instant::now() + Duration::from_secs(20);
