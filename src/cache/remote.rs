@@ -112,7 +112,8 @@ impl Remote {
                 scripts::CLEAR
                     .key(self.layout.generation_key())
                     .arg(self.layout.channel())
-                    .arg(Notice::cleared_prefix(self.origin, write_id)),
+                    .arg(Notice::cleared_prefix(self.origin, write_id))
+                    .arg(self.server.publish_verb()),
             )
             .await?;
         self.layout.advance_generation(g);
@@ -218,7 +219,8 @@ impl Remote {
                     .arg(envelope)
                     .arg(ms(px))
                     .arg(self.layout.channel())
-                    .arg(self.notice(NoticeKind::Filled, key, envelope)),
+                    .arg(self.notice(NoticeKind::Filled, key, envelope))
+                    .arg(self.server.publish_verb()),
             )
             .await?;
         Ok(n == 1)
@@ -236,7 +238,8 @@ impl Remote {
                     .key(&keys.lock)
                     .arg(token)
                     .arg(self.layout.channel())
-                    .arg(self.notice(NoticeKind::Released, key, &[])),
+                    .arg(self.notice(NoticeKind::Released, key, &[]))
+                    .arg(self.server.publish_verb()),
             )
             .await?;
         Ok(n == 1)
@@ -259,7 +262,8 @@ impl Remote {
                     .arg(envelope)
                     .arg(ms(px))
                     .arg(self.layout.channel())
-                    .arg(Notice::changed(self.origin, key, write_id)),
+                    .arg(Notice::changed(self.origin, key, write_id))
+                    .arg(self.server.publish_verb()),
             )
             .await?;
         Ok(())
@@ -278,7 +282,8 @@ impl Remote {
                     .key(&keys.value)
                     .key(&keys.lock)
                     .arg(self.layout.channel())
-                    .arg(Notice::changed(self.origin, key, write_id)),
+                    .arg(Notice::changed(self.origin, key, write_id))
+                    .arg(self.server.publish_verb()),
             )
             .await?;
         Ok(())

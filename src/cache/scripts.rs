@@ -41,7 +41,8 @@ return {'w', redis.call('PTTL', KEYS[2])}
 /// The lease-checked fill: writes the value only if our token still holds the
 /// lock, then releases the lock and publishes the fill notice, all at once,
 /// so waiters are woken by the same step that makes the value visible.
-/// KEYS: value, lock. ARGV: token, envelope, px, channel, notice.
+/// KEYS: value, lock. ARGV: token, envelope, px, channel, notice, publish
+/// command (see `Server::publish_verb`).
 /// Returns 1 if written, 0 if the lease was lost (expired or voided).
 pub(crate) static FILL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -49,7 +50,7 @@ pub(crate) static FILL: LazyLock<Script> = LazyLock::new(|| {
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.call(ARGV[6], ARGV[4], ARGV[5])
 return 1
 ",
     )
@@ -58,13 +59,13 @@ return 1
 /// `set`: writes the value and voids any lease in flight (deletes the lock
 /// whoever holds it), so a loader that read older data cannot overwrite
 /// this write afterwards; then tells other processes to drop their L1 copy.
-/// KEYS: value, lock. ARGV: envelope, px, channel, notice.
+/// KEYS: value, lock. ARGV: envelope, px, channel, notice, publish command.
 pub(crate) static SET_VOIDING: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+redis.call(ARGV[5], ARGV[3], ARGV[4])
 return 1
 ",
     )
@@ -72,12 +73,12 @@ return 1
 
 /// `invalidate`: deletes the value and voids any lease in flight, then tells
 /// other processes to drop their L1 copy.
-/// KEYS: value, lock. ARGV: channel, notice.
+/// KEYS: value, lock. ARGV: channel, notice, publish command.
 pub(crate) static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
+redis.call(ARGV[3], ARGV[1], ARGV[2])
 return 1
 ",
     )
@@ -85,13 +86,14 @@ return 1
 
 /// `clear`: moves the namespace to a new generation and announces it. The
 /// notice is the prefix in ARGV[2] followed by the new generation number.
-/// KEYS: generation counter. ARGV: channel, notice prefix. Returns the
+/// KEYS: generation counter. ARGV: channel, notice prefix, publish command.
+/// Returns the
 /// new generation.
 pub(crate) static CLEAR: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local g = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', ARGV[1], ARGV[2] .. g)
+redis.call(ARGV[3], ARGV[1], ARGV[2] .. g)
 return g
 ",
     )

@@ -165,7 +165,8 @@ impl Holder for Majority {
             cmd.arg(&self.keys.lock)
                 .arg(&self.token)
                 .arg(&self.keys.channel)
-                .arg("r");
+                .arg("r")
+                .arg(m.server.publish_verb());
             m.server.eval::<i64>(&RELEASE, &cmd).await
         });
         let answers = futures_util::future::join_all(calls).await;

@@ -106,7 +106,8 @@ impl Holder for Single {
         cmd.arg(&self.keys.lock)
             .arg(&self.token)
             .arg(&self.keys.channel)
-            .arg("r");
+            .arg("r")
+            .arg(self.server.publish_verb());
         let n: i64 = self
             .server
             .eval(&RELEASE, &cmd)

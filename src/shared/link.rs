@@ -436,6 +436,11 @@ impl Link {
         }
     }
 
+    /// Whether channels are sharded (`SSUBSCRIBE`/`SPUBLISH`): on a Cluster.
+    pub(crate) fn sharded(&self) -> bool {
+        false
+    }
+
     fn is_current(&self, serial: u64) -> bool {
         self.current
             .load()

@@ -26,13 +26,14 @@ return math.max(redis.call('PTTL', KEYS[1]), 0)
 /// Compare-and-delete release, with a notice so waiters retry at once
 /// instead of at their next poll. Never a plain DEL: a lock
 /// that expired and was taken by someone else must not be freed by us.
-/// KEYS: lock. ARGV: token, channel, notice. Returns 1 if released.
+/// KEYS: lock. ARGV: token, channel, notice, publish command (`PUBLISH`, or
+/// `SPUBLISH` on a Cluster: see `Server::publish_verb`). Returns 1 if released.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+redis.call(ARGV[4], ARGV[2], ARGV[3])
 return 1
 ",
     )

@@ -48,6 +48,19 @@ pub(crate) fn evalsha(script: &Script, nkeys: usize) -> Cmd {
 }
 
 impl Server {
+    /// The command a script publishes its notices with: `SPUBLISH` on a
+    /// Redis Cluster (sharded pub/sub: the notice reaches only the nodes of
+    /// its channel's shard, and a script may publish only to a channel in
+    /// its keys' slot), `PUBLISH` on one node or under Sentinel (Redis 6
+    /// has no sharded pub/sub).
+    pub(crate) fn publish_verb(&self) -> &'static str {
+        if self.link.sharded() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
     /// Runs `call` unless the breaker is open, and records its outcome.
     pub(crate) async fn call<T>(
         &self,
