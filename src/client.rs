@@ -50,6 +50,7 @@ enum Target {
         /// Username (optional) and password for the master and replicas.
         auth: Option<(Option<String>, String)>,
     },
+    Cluster(Vec<String>),
 }
 
 /// Builds a [`Client`]; start with [`Client::builder`] or
@@ -82,9 +83,16 @@ impl Client {
         Client::builder(url).connect().await
     }
 
-    /// A builder for a client of the Redis at `url`.
+    /// A builder for a client of the Redis at `url`. A Redis Cluster can be
+    /// given as one URL too (see [`Client::cluster`]):
+    /// `redis-cluster://[user:password@]host:port,host:port,…` (or
+    /// `rediss-cluster://` for TLS), every listed node a seed.
     pub fn builder(url: impl Into<String>) -> ClientBuilder {
-        ClientBuilder::new(Target::Url(url.into()))
+        let url = url.into();
+        match cluster_seeds(&url) {
+            Some(seeds) => ClientBuilder::new(Target::Cluster(seeds)),
+            None => ClientBuilder::new(Target::Url(url)),
+        }
     }
 
     /// Connects to the master that Redis Sentinel names `master_name`,
@@ -108,22 +116,36 @@ impl Client {
             .await
     }
 
-    /// Redis Cluster: **not supported yet**. Every tool already keeps the
-    /// keys of one name (and every script's keys) in one hash slot, but the
-    /// connection and the notice channels are single-node, so this returns
-    /// an [`ErrorKind::Config`] error at once rather than a client that
-    /// would talk to one node of the cluster as if it were all of it.
+    /// Connects to a Redis Cluster (Redis 7 or newer) through any of its
+    /// nodes (`redis://[user:password@]host:port`; `rediss://` with feature
+    /// `tls`). Commands go to the master of their key's slot (`MOVED` and
+    /// `ASK` followed); every tool keeps the keys of one name, and every
+    /// key of a script, in one slot, so nothing needs a cross-slot command.
+    /// Notices use sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`): a notice
+    /// travels only within its slot's shard, where classic `PUBLISH` is
+    /// broadcast to every node of the cluster. A cache spreads its keys
+    /// and its notice channels over [`CacheBuilder::cluster_buckets`]
+    /// hash-tag buckets, so one namespace is neither funnelled through one
+    /// master nor broadcast to all.
+    ///
+    /// The whole cluster connection is the unit that is replaced when a
+    /// node's connection is lost (a failover): until the new one is up and
+    /// subscribed to every channel, calls fail fast as in an outage (caches
+    /// serve L1), and L1 is flushed once it is, as on one node.
     ///
     /// # Errors
-    /// Always [`ErrorKind::Config`], until Cluster support lands.
+    /// [`ErrorKind::Config`] for no URL or a bad one; [`ErrorKind::Redis`]
+    /// if no node answers with the slot map within `redis_timeout`.
+    ///
+    /// [`CacheBuilder::cluster_buckets`]: crate::CacheBuilder::cluster_buckets
     pub async fn cluster<S: AsRef<str>>(node_urls: &[S]) -> Result<Client, Error> {
-        Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "Redis Cluster is not supported yet ({} node URLs given): use a standalone Redis or \
-                 Client::sentinel",
-                node_urls.len()
-            ),
+        Client::cluster_builder(node_urls).connect().await
+    }
+
+    /// A builder for [`Client::cluster`], for its settings.
+    pub fn cluster_builder<S: AsRef<str>>(node_urls: &[S]) -> ClientBuilder {
+        ClientBuilder::new(Target::Cluster(
+            node_urls.iter().map(|u| u.as_ref().to_owned()).collect(),
         ))
     }
 
@@ -341,6 +363,32 @@ impl ClientBuilder {
                 .map_err(|e| Error::with_source(ErrorKind::Config, "bad sentinel URL", e))?;
                 LinkTarget::Sentinel(tokio::sync::Mutex::new(sentinel))
             }
+            Target::Cluster(urls) => {
+                if urls.is_empty() {
+                    return Err(Error::new(ErrorKind::Config, "no cluster node URL given"));
+                }
+                let bad = |e| Error::with_source(ErrorKind::Config, "bad cluster node URL", e);
+                let infos = urls
+                    .iter()
+                    .map(|u| redis::IntoConnectionInfo::into_connection_info(u.as_str()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(bad)?;
+                let builder = redis::cluster::ClusterClientBuilder::new(infos)
+                    .use_protocol(ProtocolVersion::RESP3)
+                    // Our own bound (`Link::query`) covers a call with its
+                    // retries and redirections; the builder's would stay
+                    // at its default for the blocking reads' connections.
+                    .overall_response_timeout(None);
+                #[cfg(feature = "tls")]
+                let builder = match self.root_cert {
+                    Some(pem) => builder.certs(redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    }),
+                    None => builder,
+                };
+                LinkTarget::Cluster(builder.build().map_err(bad)?)
+            }
         };
         let link = Link::open(target, self.redis_timeout, all_scripts(), self.lazy)
             .await
@@ -358,6 +406,32 @@ impl ClientBuilder {
             locks: Arc::default(),
         })
     }
+}
+
+/// The seed URLs of a `redis-cluster://` (or `rediss-cluster://`) URL:
+/// `redis-cluster://u:p@h1:1,h2:2/` gives `redis://u:p@h1:1/` and
+/// `redis://u:p@h2:2/`. `None` for any other URL.
+fn cluster_seeds(url: &str) -> Option<Vec<String>> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis-cluster://") {
+        ("redis", rest)
+    } else {
+        ("rediss", url.strip_prefix("rediss-cluster://")?)
+    };
+    let (userinfo, hosts) = match rest.rfind('@') {
+        Some(at) => (&rest[..=at], &rest[at + 1..]),
+        None => ("", rest),
+    };
+    let (hosts, tail) = match hosts.find(['/', '?']) {
+        Some(i) => hosts.split_at(i),
+        None => (hosts, ""),
+    };
+    Some(
+        hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("{scheme}://{userinfo}{h}{tail}"))
+            .collect(),
+    )
 }
 
 /// The URL without its password, for error messages.
@@ -444,6 +518,23 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn a_cluster_url_lists_its_seeds() {
+        assert_eq!(
+            cluster_seeds("redis-cluster://u:p@127.0.0.1:7000,127.0.0.1:7001/"),
+            Some(vec![
+                "redis://u:p@127.0.0.1:7000/".to_owned(),
+                "redis://u:p@127.0.0.1:7001/".to_owned()
+            ])
+        );
+        assert_eq!(
+            cluster_seeds("rediss-cluster://h:1"),
+            Some(vec!["rediss://h:1".to_owned()])
+        );
+        assert_eq!(cluster_seeds("redis://h:1"), None);
+        assert_eq!(cluster_seeds("redis-cluster://"), Some(vec![]));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::handle::{Cache, Inner};
-use crate::cache::keys::Layout;
+use crate::cache::keys::{DEFAULT_CLUSTER_BUCKETS, Layout};
 use crate::cache::local::{Flights, Local};
 use crate::cache::notify::{Bus, Waiters};
 use crate::cache::remote::Remote;
@@ -35,6 +35,7 @@ pub(crate) struct Config {
     pub(crate) fail_safe_throttle: Duration,
     pub(crate) breaker_cooldown: Duration,
     pub(crate) early_refresh_beta: f64,
+    pub(crate) cluster_buckets: u16,
 }
 
 impl Default for Config {
@@ -56,6 +57,7 @@ impl Default for Config {
             fail_safe_throttle: Duration::from_secs(30),
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
             early_refresh_beta: 1.0,
+            cluster_buckets: DEFAULT_CLUSTER_BUCKETS,
         }
     }
 }
@@ -241,6 +243,17 @@ impl<V, C: Codec> CacheBuilder<V, C> {
         self
     }
 
+    /// On a Redis Cluster ([`Client::cluster`]): how many hash-tag buckets
+    /// the namespace's keys and notice channels are split into. Default 64:
+    /// enough to spread a namespace over dozens of masters, and 64
+    /// `SSUBSCRIBE`s per cache at each (re)connection. Every process of the
+    /// fleet must use the same count (it decides where a key lives).
+    /// Ignored on one node and under Sentinel.
+    pub fn cluster_buckets(mut self, buckets: u16) -> Self {
+        self.config.cluster_buckets = buckets;
+        self
+    }
+
     /// How many entries L1 holds before moka evicts (TinyLFU). Default 10,000.
     pub fn max_capacity(mut self, entries: u64) -> Self {
         self.config.max_capacity = entries;
@@ -378,7 +391,9 @@ where
     /// `redis_timeout` (the cache does not start without Redis).
     pub async fn build(self) -> Result<Cache<V, C>, Error> {
         self.check()?;
-        let layout = Layout::new(&self.namespace)?;
+        // Checked before connecting; built again below for the client's
+        // topology.
+        Layout::new(&self.namespace, Some(self.config.cluster_buckets))?;
         let client = match self.redis {
             None => {
                 return Err(Error::new(
@@ -417,14 +432,26 @@ where
         // miss a notice. With no connection (a lazy client, or an outage of
         // a shared one) the next connection subscribes; a subscription that
         // fails on a live connection fails the build, as before.
-        let (listening, subscribed) = client
-            .server
-            .link
-            .listen(layout.channel(), bus.clone())
-            .await;
-        let connected = client.server.link.get().is_ok();
+        let link = &client.server.link;
+        let layout = Layout::new(
+            &self.namespace,
+            link.sharded().then_some(self.config.cluster_buckets),
+        )?;
+        let subscriptions = layout
+            .channels()
+            .iter()
+            .map(|channel| link.listen(channel, bus.clone()));
+        let (listening, subscribed): (Vec<_>, Vec<_>) =
+            futures_util::future::join_all(subscriptions)
+                .await
+                .into_iter()
+                .unzip();
+        let connected = link.get().is_ok();
         if connected {
-            subscribed.map_err(|e| Error::redis("subscribe", e))?;
+            subscribed
+                .into_iter()
+                .collect::<Result<(), _>>()
+                .map_err(|e| Error::redis("subscribe", e))?;
         }
         let stats = Arc::new(Counters::new(layout.namespace()));
         let metrics = CacheMetrics::new(layout.namespace());

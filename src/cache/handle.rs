@@ -62,7 +62,7 @@ pub(crate) struct Inner<V, C> {
     pub(crate) starter: Starter,
     /// The bus's place on the client's connection: dropping the cache
     /// leaves the channel.
-    pub(crate) _listening: Listening,
+    pub(crate) _listening: Vec<Listening>,
     /// When (unix ms) a codec problem was last logged: see
     /// `Inner::warn_codec`.
     pub(crate) codec_warned_ms: AtomicU64,

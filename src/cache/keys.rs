@@ -19,6 +19,18 @@
 //! Notices travel on one channel per namespace, `hc:bus:<ns>`, rather than
 //! one per key: each process subscribes once when the cache is built, so
 //! waiting for a fill costs no SUBSCRIBE round trip.
+//!
+//! **On a Redis Cluster** a script may publish (`SPUBLISH`, sharded) only
+//! to a channel in its keys' slot, and one channel per namespace would put
+//! every notice of the namespace on one shard. So there the namespace is
+//! split into `buckets` hash-tag buckets (64 by default), chosen by a hash
+//! of the user key: `hc:{<ns>:<b>}:<key>:v` and `:l`, notices on
+//! `hc:bus:{<ns>:<b>}`, the generation counter at `hc:gen:{<ns>:0}` (it
+//! announces a `clear()` on bucket 0's channel). Each process subscribes
+//! to every bucket's channel (each notice must reach every process that
+//! may hold the key in L1); a notice goes to its bucket's shard alone,
+//! and the buckets spread the namespace's keys and notices over the
+//! masters. Every process of a fleet must use the same bucket count.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -31,12 +43,18 @@ pub const MAX_KEY_LEN: usize = 4096;
 /// Longest accepted namespace, in bytes.
 pub const MAX_NAMESPACE_LEN: usize = 256;
 
+/// Default hash-tag buckets of a namespace on a Redis Cluster.
+pub(crate) const DEFAULT_CLUSTER_BUCKETS: u16 = 64;
+
 #[derive(Debug)]
 pub(crate) struct Layout {
     namespace: String,
-    channel: String,
+    /// One channel on one node; one per bucket on a Cluster.
+    channels: Vec<String>,
     generation_key: String,
     generation: AtomicU64,
+    /// On a Cluster: the bucket count (see the module docs).
+    buckets: Option<u16>,
 }
 
 /// The Redis keys of one cache key.
@@ -47,7 +65,8 @@ pub(crate) struct RedisKeys {
 }
 
 impl Layout {
-    pub(crate) fn new(namespace: &str) -> Result<Self, Error> {
+    /// `buckets`: `Some` on a Redis Cluster (see the module docs).
+    pub(crate) fn new(namespace: &str, buckets: Option<u16>) -> Result<Self, Error> {
         if namespace.is_empty() || namespace.len() > MAX_NAMESPACE_LEN {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -63,11 +82,30 @@ impl Layout {
                 ),
             ));
         }
+        let (channels, generation_key) = match buckets {
+            None => (
+                vec![format!("hc:bus:{namespace}")],
+                format!("hc:gen:{namespace}"),
+            ),
+            Some(0) => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "cluster_buckets must be at least 1",
+                ));
+            }
+            Some(n) => (
+                (0..n)
+                    .map(|b| format!("hc:bus:{{{namespace}:{b}}}"))
+                    .collect(),
+                format!("hc:gen:{{{namespace}:0}}"),
+            ),
+        };
         Ok(Layout {
             namespace: namespace.to_owned(),
-            channel: format!("hc:bus:{namespace}"),
-            generation_key: format!("hc:gen:{namespace}"),
+            channels,
+            generation_key,
             generation: AtomicU64::new(0),
+            buckets,
         })
     }
 
@@ -84,8 +122,31 @@ impl Layout {
         self.generation.fetch_max(g, Relaxed) < g
     }
 
-    pub(crate) fn channel(&self) -> &str {
-        &self.channel
+    /// Every channel a process listens on for this namespace.
+    pub(crate) fn channels(&self) -> &[String] {
+        &self.channels
+    }
+
+    /// The channel of `key`'s notices.
+    pub(crate) fn channel(&self, key: &str) -> &str {
+        &self.channels[self.bucket(key).map_or(0, usize::from)]
+    }
+
+    /// The channel of `clear()`'s notice (in the generation key's slot).
+    pub(crate) fn clear_channel(&self) -> &str {
+        &self.channels[0]
+    }
+
+    /// On a Cluster, `key`'s bucket: FNV-1a of its bytes, fixed forever
+    /// (every process and version must agree on where a key lives).
+    fn bucket(&self, key: &str) -> Option<u16> {
+        let n = self.buckets?;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in key.as_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        Some((h % u64::from(n)) as u16)
     }
 
     pub(crate) fn keys(&self, key: &str) -> RedisKeys {
@@ -117,6 +178,11 @@ impl Layout {
         }
         out.write_all(self.namespace.as_bytes())?;
         out.write_all(b":")?;
+        if let Some(b) = self.bucket(key) {
+            write!(out, "{b}}}:")?;
+            out.write_all(key.as_bytes())?;
+            return out.write_all(b":v");
+        }
         out.write_all(key.as_bytes())?;
         out.write_all(b"}:v")
     }
@@ -135,7 +201,10 @@ impl redis::ToRedisArgs for ValueKeyArg<'_> {
         // pieces into the command one by one, costs ~3x the instructions.
         let (ns, key) = (self.layout.namespace.as_bytes(), self.key.as_bytes());
         let mut buf = [0u8; 256];
-        if self.layout.generation.load(Relaxed) == 0 && 8 + ns.len() + key.len() <= buf.len() {
+        if self.layout.generation.load(Relaxed) == 0
+            && self.layout.buckets.is_none()
+            && 8 + ns.len() + key.len() <= buf.len()
+        {
             let mut len = 0;
             for part in [b"hc:{", ns, b":", key, b"}:v"] {
                 buf[len..len + part.len()].copy_from_slice(part);
@@ -177,7 +246,7 @@ mod tests {
 
     #[test]
     fn value_and_lock_share_a_hash_tag() {
-        let layout = Layout::new("products").unwrap();
+        let layout = Layout::new("products", None).unwrap();
         for key in ["42", "", "a}b", "{x}", "}}", "with space", "ключ", "a\nb"] {
             let k = layout.keys(key);
             assert_eq!(hash_tag(&k.value), hash_tag(&k.lock), "key {key:?}");
@@ -190,7 +259,7 @@ mod tests {
     #[test]
     fn the_value_key_argument_is_the_value_key() {
         use redis::ToRedisArgs;
-        let layout = Layout::new("ns").unwrap();
+        let layout = Layout::new("ns", None).unwrap();
         for generation in [0, 7] {
             layout.advance_generation(generation);
             for key in ["42", "", "a}b", "ключ", &"x".repeat(300)] {
@@ -203,7 +272,7 @@ mod tests {
 
     #[test]
     fn distinct_user_keys_map_to_distinct_redis_keys() {
-        let layout = Layout::new("ns").unwrap();
+        let layout = Layout::new("ns", None).unwrap();
         let keys = ["a", "a}:v", "a}:l", "a}", "a:", ""];
         let mut all: Vec<String> = keys
             .iter()
@@ -220,7 +289,7 @@ mod tests {
 
     #[test]
     fn generations_prefix_keys_and_only_move_forward() {
-        let layout = Layout::new("ns").unwrap();
+        let layout = Layout::new("ns", None).unwrap();
         assert!(layout.advance_generation(3));
         assert!(!layout.advance_generation(2));
         let k = layout.keys("a");
@@ -229,9 +298,36 @@ mod tests {
     }
 
     #[test]
+    fn cluster_buckets_keep_a_key_its_lock_and_its_channel_in_one_slot() {
+        let layout = Layout::new("ns", Some(16)).unwrap();
+        assert_eq!(layout.channels().len(), 16);
+        let mut used = std::collections::HashSet::new();
+        for key in [
+            "42", "", "a}b", "{x}", "}}", "ключ", "a:1", "b", "c", "d", "e",
+        ] {
+            let k = layout.keys(key);
+            let channel = layout.channel(key);
+            assert_eq!(hash_tag(&k.value), hash_tag(&k.lock), "key {key:?}");
+            assert_eq!(hash_tag(&k.value), hash_tag(channel), "key {key:?}");
+            assert!(k.value.ends_with(":v") && k.lock.ends_with(":l"));
+            used.insert(channel.to_owned());
+        }
+        assert!(used.len() > 4, "keys spread over buckets: {used:?}");
+        assert_eq!(
+            hash_tag(layout.generation_key()),
+            hash_tag(layout.clear_channel())
+        );
+        layout.advance_generation(3);
+        assert!(layout.keys("42").value.starts_with("hc:g3:{ns:"));
+        let arg = redis::ToRedisArgs::to_redis_args(&layout.value_key_arg("42"));
+        assert_eq!(arg, vec![layout.keys("42").value.into_bytes()]);
+        assert!(Layout::new("ns", Some(0)).is_err());
+    }
+
+    #[test]
     fn bad_namespaces_and_keys_are_refused() {
         for ns in ["", "a{b", "a}b", "{}", "a:b"] {
-            assert_eq!(Layout::new(ns).unwrap_err().kind(), ErrorKind::Config);
+            assert_eq!(Layout::new(ns, None).unwrap_err().kind(), ErrorKind::Config);
         }
         assert!(check_key(&"k".repeat(MAX_KEY_LEN)).is_ok());
         let err = check_key(&"k".repeat(MAX_KEY_LEN + 1)).unwrap_err();

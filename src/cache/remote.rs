@@ -111,7 +111,7 @@ impl Remote {
             .script(
                 scripts::CLEAR
                     .key(self.layout.generation_key())
-                    .arg(self.layout.channel())
+                    .arg(self.layout.clear_channel())
                     .arg(Notice::cleared_prefix(self.origin, write_id))
                     .arg(self.server.publish_verb()),
             )
@@ -218,7 +218,7 @@ impl Remote {
                     .arg(token)
                     .arg(envelope)
                     .arg(ms(px))
-                    .arg(self.layout.channel())
+                    .arg(self.layout.channel(key))
                     .arg(self.notice(NoticeKind::Filled, key, envelope))
                     .arg(self.server.publish_verb()),
             )
@@ -237,7 +237,7 @@ impl Remote {
                 shared_scripts::RELEASE
                     .key(&keys.lock)
                     .arg(token)
-                    .arg(self.layout.channel())
+                    .arg(self.layout.channel(key))
                     .arg(self.notice(NoticeKind::Released, key, &[]))
                     .arg(self.server.publish_verb()),
             )
@@ -261,7 +261,7 @@ impl Remote {
                     .key(&keys.lock)
                     .arg(envelope)
                     .arg(ms(px))
-                    .arg(self.layout.channel())
+                    .arg(self.layout.channel(key))
                     .arg(Notice::changed(self.origin, key, write_id))
                     .arg(self.server.publish_verb()),
             )
@@ -281,7 +281,7 @@ impl Remote {
                 scripts::INVALIDATE
                     .key(&keys.value)
                     .key(&keys.lock)
-                    .arg(self.layout.channel())
+                    .arg(self.layout.channel(key))
                     .arg(Notice::changed(self.origin, key, write_id))
                     .arg(self.server.publish_verb()),
             )

@@ -26,10 +26,12 @@
 //! an old connection does not tear down its replacement.
 
 use arc_swap::ArcSwapOption;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, FromRedisValue, PushInfo, PushKind, RedisResult, Script,
-    Value,
+    AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, PushInfo, PushKind, RedisFuture,
+    RedisResult, Script, Value,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -71,6 +73,9 @@ pub(crate) trait Listener: Send + Sync {
 }
 
 type Listeners = Arc<[(u64, Arc<dyn Listener>)]>;
+
+/// What a push callback returns (it cannot fail).
+type PushResult = Result<(), std::convert::Infallible>;
 
 /// Channel -> its listeners. Read on every push; written when a listener
 /// joins or leaves (copy-on-write, so a push clones one `Arc`).
@@ -178,7 +183,7 @@ impl Drop for Listening {
             if link.router.get(&channel).is_none()
                 && let Ok(mut conn) = link.get()
             {
-                let _ = conn.conn.unsubscribe(&*channel).await;
+                let _ = conn.conn.unsubscribe(&channel).await;
             }
         });
     }
@@ -193,6 +198,81 @@ pub(crate) enum Target {
     /// as `READONLY`) starts. The sentinel client checks with `ROLE` that
     /// the address it was given is a master.
     Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+    /// A Redis Cluster: one `ClusterConnection` (a multiplexed connection
+    /// per node, routed by slot, following `MOVED`/`ASK`) is the unit that
+    /// is made, subscribed and replaced. Channels are sharded
+    /// (`SSUBSCRIBE`): each is served by its slot's shard only.
+    Cluster(ClusterClient),
+}
+
+/// One connection of the link: to one Redis, or to a whole Cluster.
+#[derive(Clone)]
+pub(crate) enum RedisConn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl RedisConn {
+    /// One command. On one node, the connection's own method rather than
+    /// `ConnectionLike::req_packed_command`, which boxes the future: one
+    /// allocation and one indirect call less per command.
+    async fn send(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        match self {
+            RedisConn::Single(c) => c.send_packed_command(cmd).await,
+            RedisConn::Cluster(c) => c.req_packed_command(cmd).await,
+        }
+    }
+
+    /// Subscribes to `channels`: `SUBSCRIBE` on one node, `SSUBSCRIBE` on
+    /// a Cluster, one channel per command there (a command's channels must
+    /// share a slot), all sent at once.
+    async fn subscribe(&mut self, channels: &[&[u8]]) -> RedisResult<()> {
+        match self {
+            RedisConn::Single(c) => c.subscribe(channels).await,
+            RedisConn::Cluster(c) => {
+                let each = channels.iter().map(|ch| {
+                    let mut c = c.clone();
+                    async move { c.ssubscribe(*ch).await }
+                });
+                futures_util::future::try_join_all(each).await.map(drop)
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &[u8]) -> RedisResult<()> {
+        match self {
+            RedisConn::Single(c) => c.unsubscribe(channel).await,
+            RedisConn::Cluster(c) => c.sunsubscribe(channel).await,
+        }
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 impl Target {
@@ -200,6 +280,7 @@ impl Target {
         match self {
             Target::Direct(client) => Ok(client.clone()),
             Target::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await,
+            Target::Cluster(_) => unreachable!("a Cluster connection is made by Link::open_conn"),
         }
     }
 }
@@ -238,13 +319,13 @@ struct Streak {
 
 struct Live {
     serial: u64,
-    conn: MultiplexedConnection,
+    conn: RedisConn,
 }
 
 /// The current connection, cloned for one call.
 pub(crate) struct Conn {
     serial: u64,
-    pub(crate) conn: MultiplexedConnection,
+    pub(crate) conn: RedisConn,
 }
 
 fn not_connected() -> redis::RedisError {
@@ -319,7 +400,7 @@ impl Link {
             Ok(mut conn) => {
                 listener.accept(conn.serial);
                 if first {
-                    let r = conn.conn.subscribe(channel).await;
+                    let r = conn.conn.subscribe(&[channel.as_bytes()]).await;
                     self.check(&conn, &r);
                     r
                 } else {
@@ -338,27 +419,23 @@ impl Link {
         let serial = self.next_serial.fetch_add(1, Relaxed);
         let router = self.router.clone();
         let lost = self.lost.clone();
-        let on_push = move |push: PushInfo| {
+        let on_push = move |push: PushInfo| -> PushResult {
             match push.kind {
                 PushKind::Disconnection => {
                     let _ = lost.send(serial);
                 }
-                PushKind::Message => router.dispatch(&push, serial),
+                PushKind::Message | PushKind::SMessage => router.dispatch(&push, serial),
                 _ => {}
             }
-            Ok::<(), std::convert::Infallible>(())
+            Ok(())
         };
-        let config = self.config.clone().set_push_sender(on_push);
-        // Asking the sentinels is bounded like the connection itself.
-        let client = bounded(self.timeout, self.target.client()).await?;
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let mut conn = bounded(self.timeout, self.open_conn(self.timeout, Some(on_push))).await?;
         let _order = self.subscriptions.lock().await;
         self.router.each(|l| l.accept(serial));
         let channels = self.router.channels();
         if !channels.is_empty() {
-            conn.subscribe(channels).await?;
+            let channels: Vec<&[u8]> = channels.iter().map(|c| &**c).collect();
+            bounded(self.timeout, conn.subscribe(&channels)).await?;
         }
         let loads = self.scripts.iter().map(|script| {
             let mut conn = conn.clone();
@@ -438,7 +515,7 @@ impl Link {
 
     /// Whether channels are sharded (`SSUBSCRIBE`/`SPUBLISH`): on a Cluster.
     pub(crate) fn sharded(&self) -> bool {
-        false
+        matches!(self.target, Target::Cluster(_))
     }
 
     fn is_current(&self, serial: u64) -> bool {
@@ -451,18 +528,45 @@ impl Link {
     /// A connection of its own, for a command that blocks its connection
     /// (`XREADGROUP … BLOCK`): on the shared one it would hold up every
     /// call queued behind it. `response_timeout` must exceed the block.
-    pub(crate) async fn dedicated(
+    pub(crate) async fn dedicated(&self, response_timeout: Duration) -> RedisResult<RedisConn> {
+        // Boxed: the cluster's connect future is deep enough to exceed the
+        // compiler's layout depth inside the callers' futures.
+        let open = Box::pin(self.open_conn(response_timeout, None::<fn(PushInfo) -> PushResult>));
+        bounded(self.timeout, open).await
+    }
+
+    /// A new connection to the target, its pushes (if any) to `on_push`.
+    async fn open_conn<P>(
         &self,
         response_timeout: Duration,
-    ) -> RedisResult<MultiplexedConnection> {
-        let config = self
+        on_push: Option<P>,
+    ) -> RedisResult<RedisConn>
+    where
+        P: Fn(PushInfo) -> PushResult + Send + Sync + 'static,
+    {
+        if let Target::Cluster(cluster) = &self.target {
+            let mut config = ClusterConfig::new()
+                .set_connection_timeout(self.timeout)
+                .set_response_timeout(response_timeout);
+            if let Some(on_push) = on_push {
+                config = config.set_push_sender(on_push);
+            }
+            let conn = cluster.get_async_connection_with_config(config).await?;
+            return Ok(RedisConn::Cluster(conn));
+        }
+        let mut config = self
             .config
             .clone()
             .set_response_timeout(Some(response_timeout));
-        bounded(self.timeout, self.target.client())
-            .await?
+        if let Some(on_push) = on_push {
+            config = config.set_push_sender(on_push);
+        }
+        // Asking the sentinels is bounded like the connection itself.
+        let client = bounded(self.timeout, self.target.client()).await?;
+        let conn = client
             .get_multiplexed_async_connection_with_config(&config)
-            .await
+            .await?;
+        Ok(RedisConn::Single(conn))
     }
 
     /// The heartbeat: a `PING`, or under Sentinel a `ROLE`, so that a
@@ -470,7 +574,7 @@ impl Link {
     /// master (a failover that demoted it without closing connections).
     async fn heartbeat(&self) {
         match self.target {
-            Target::Direct(_) => {
+            Target::Direct(_) | Target::Cluster(_) => {
                 let _: RedisResult<String> = self.query(&redis::cmd("PING")).await;
             }
             Target::Sentinel(_) => {
@@ -487,10 +591,14 @@ impl Link {
     /// One command on the current connection.
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         let mut conn = self.get()?;
-        // The connection's own method rather than `cmd.query_async`, which
-        // goes through `ConnectionLike::req_packed_command` and boxes the
-        // future: one allocation and one indirect call less per command.
-        let result = conn.conn.send_packed_command(cmd).await;
+        let result = match conn.conn {
+            // One node: bounded by the connection's response timeout, no
+            // timer of ours (see the module docs).
+            RedisConn::Single(_) => conn.conn.send(cmd).await,
+            // A Cluster call may be retried and redirected, each attempt
+            // bounded by the response timeout: bound the whole.
+            RedisConn::Cluster(_) => bounded(self.timeout, conn.conn.send(cmd)).await,
+        };
         self.check(&conn, &result);
         Ok(redis::from_redis_value(result?.extract_error()?)?)
     }

@@ -27,7 +27,6 @@
 //! connection is never blocked. Acknowledgements, claims and trims go
 //! through the client's shared connection like every other call.
 
-use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
 use redis::{RedisResult, Script, Value};
 use std::collections::VecDeque;
@@ -36,6 +35,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind};
+use crate::shared::link::RedisConn;
 use crate::shared::server::Server;
 
 /// How a group is read; each tool exposes these as options.
@@ -136,7 +136,7 @@ pub(crate) struct GroupReader {
     consumer: String,
     options: ReadOptions,
     /// For the blocking read only; made on first use and after an error.
-    blocking: Option<MultiplexedConnection>,
+    blocking: Option<RedisConn>,
     buffer: VecDeque<Entry>,
     next_reclaim: Instant,
     /// Our own entries still pending from before (a restarted consumer of

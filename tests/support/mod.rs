@@ -464,3 +464,198 @@ pub fn run_stampede(
         stats,
     }
 }
+
+/// A Redis Cluster of real `redis-server` processes on loopback ports:
+/// `masters` masters with `replicas` replicas each, made with
+/// `redis-cli --cluster create`, `cluster-node-timeout` 1 s (so a failover
+/// fits in a test). Each node's cluster bus gets a free port of its own
+/// (`cluster-port`), since port + 10000 may not be free or even valid.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    configs: Vec<PathBuf>,
+}
+
+/// The cluster's `cluster-node-timeout`.
+pub const CLUSTER_NODE_TIMEOUT: Duration = Duration::from_millis(1000);
+
+impl RedisCluster {
+    pub fn start(masters: usize, replicas: usize) -> Self {
+        let mut nodes = Vec::new();
+        let mut configs = Vec::new();
+        for _ in 0..masters * (1 + replicas) {
+            let config = std::env::temp_dir().join(format!(
+                "herdcache-nodes-{}-{}.conf",
+                std::process::id(),
+                free_port()
+            ));
+            let _ = std::fs::remove_file(&config);
+            let extra: Vec<String> = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &config.to_string_lossy(),
+                "--cluster-node-timeout",
+                &CLUSTER_NODE_TIMEOUT.as_millis().to_string(),
+                "--cluster-port",
+                &free_port().to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            nodes.push(RedisServer::start_with(&extra));
+            configs.push(config);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run `redis-cli` ({e}); it comes with redis-server"));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { nodes, configs };
+        cluster.wait_until_ok(masters);
+        cluster
+    }
+
+    /// Waits until every running node says `cluster_state:ok` and sees
+    /// `masters` masters that serve every slot.
+    pub fn wait_until_ok(&self, masters: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.pid().is_some()).all(|n| {
+                let Ok(client) = redis::Client::open(n.url()) else {
+                    return false;
+                };
+                let Ok(mut con) = client.get_connection_with_timeout(Duration::from_millis(200))
+                else {
+                    return false;
+                };
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut con)
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && info.contains(&format!("cluster_size:{masters}"))
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ok within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every node's URL (masters and replicas), as a client's seed list.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// One URL for the whole cluster (`redis-cluster://h:p,h:p,…`), which
+    /// `Client::connect` and the worker binaries take like any URL.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        format!("redis-cluster://{}/", hosts.join(","))
+    }
+
+    /// The index in `nodes` of each running master, by `ROLE`.
+    pub fn masters(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.role(i).as_deref() == Some("master"))
+            .collect()
+    }
+
+    /// A node's `ROLE` (`master` or `slave`), or `None` if it is down.
+    pub fn role(&self, i: usize) -> Option<String> {
+        let node = &self.nodes[i];
+        node.pid()?;
+        let client = redis::Client::open(node.url()).ok()?;
+        let mut con = client
+            .get_connection_with_timeout(Duration::from_millis(200))
+            .ok()?;
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut con).ok()?;
+        match role.first() {
+            Some(redis::Value::BulkString(r)) => Some(String::from_utf8_lossy(r).into_owned()),
+            _ => None,
+        }
+    }
+
+    /// The index of the master that serves `key`'s slot now.
+    pub fn master_of(&self, key: &str) -> usize {
+        let slot = {
+            let any = self
+                .nodes
+                .iter()
+                .find(|n| n.pid().is_some())
+                .expect("a running node");
+            let mut con = any.connection();
+            redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query::<u16>(&mut con)
+                .expect("CLUSTER KEYSLOT")
+        };
+        for i in self.masters() {
+            let mut con = self.nodes[i].connection();
+            let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query(&mut con)
+                .expect("CLUSTER SLOTS");
+            let port = self.nodes[i].port() as i64;
+            for range in slots {
+                let (
+                    Some(redis::Value::Int(lo)),
+                    Some(redis::Value::Int(hi)),
+                    Some(redis::Value::Array(master)),
+                ) = (range.first(), range.get(1), range.get(2))
+                else {
+                    continue;
+                };
+                if (*lo..=*hi).contains(&(slot as i64))
+                    && matches!(master.get(1), Some(redis::Value::Int(p)) if *p == port)
+                {
+                    return i;
+                }
+            }
+        }
+        panic!("no running master serves slot {slot} of {key:?}");
+    }
+
+    /// Keys per node (`DBSIZE`), in `nodes` order; `None` for a node that is down.
+    pub fn dbsizes(&self) -> Vec<Option<u64>> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                n.pid()?;
+                redis::cmd("DBSIZE").query(&mut n.connection()).ok()
+            })
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        for config in &self.configs {
+            let _ = std::fs::remove_file(config);
+        }
+    }
+}

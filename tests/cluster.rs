@@ -1,0 +1,185 @@
+//! Redis Cluster: 3 masters + 3 replicas of real `redis-server` processes
+//! on loopback ports (`redis-cli --cluster create`). Every tool made from a
+//! `Client::cluster` works unchanged, with its keys spread over the masters.
+
+mod support;
+
+use herdcache::{Client, Reservation};
+use std::time::Duration;
+use support::RedisCluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tool_works_on_a_cluster() {
+    let cluster = RedisCluster::start(3, 1);
+    let client = Client::cluster(&cluster.urls()).await.expect("connect");
+
+    // Locks of names in different slots, with a waiter woken by the
+    // sharded release notice.
+    for name in ["a", "b", "c", "d"] {
+        let lock = client.lock(name);
+        let guard = lock.acquire().await.unwrap();
+        let token = guard.fencing_token();
+        let waiter = {
+            let lock = lock.clone();
+            tokio::spawn(async move {
+                let t = std::time::Instant::now();
+                let g = lock.acquire_timeout(Duration::from_secs(5)).await.unwrap();
+                (g.fencing_token(), t.elapsed())
+            })
+        };
+        // Held 400 ms: the waiter's fallback polls (20 ms doubling) fall
+        // at 20, 60, 140, 300 and 620 ms, so returning before 600 ms means
+        // the release notice woke it.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(guard.release().await.unwrap());
+        let (next, waited) = waiter.await.unwrap();
+        assert!(next > token, "fencing token {next} after {token}");
+        assert!(
+            waited < Duration::from_millis(580),
+            "waiter woke after {waited:?}: the release notice did not reach it"
+        );
+    }
+
+    // Stock and its order stream.
+    let stock = client.stock("sku-1").per_user_limit(2);
+    stock.set_available(3).await.unwrap();
+    let mut consumer = stock.orders().consumer("g", "c1").await.unwrap();
+    let mut sold = 0;
+    for i in 0..5 {
+        match stock
+            .reserve(&format!("o{i}"), &format!("u{i}"), 1)
+            .await
+            .unwrap()
+        {
+            Reservation::Reserved { .. } => sold += 1,
+            Reservation::SoldOut => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(sold, 3);
+    assert_eq!(stock.available().await.unwrap(), 0);
+    for _ in 0..3 {
+        let d = consumer.next().await.unwrap();
+        assert!(d.ack().await.unwrap());
+    }
+
+    // Counter, rate limiter, queue.
+    let counter = client.counter("visits");
+    assert_eq!(counter.incr(2).await.unwrap(), 2);
+    assert_eq!(counter.get().await.unwrap(), 2);
+    let limiter = client
+        .rate_limiter("buyers")
+        .rate(2, Duration::from_secs(60))
+        .burst(2);
+    let decisions: Vec<bool> =
+        futures_util::future::join_all((0..4).map(|_| limiter.check("user-9", 1)))
+            .await
+            .into_iter()
+            .map(|d| d.unwrap().is_allowed())
+            .collect();
+    assert_eq!(decisions.iter().filter(|a| **a).count(), 2, "{decisions:?}");
+    let queue = client.queue::<String>("jobs");
+    let mut jobs = queue.consumer("workers", "w1").await.unwrap();
+    queue.push(&"hello".to_owned()).await.unwrap();
+    let m = jobs.next().await.unwrap();
+    assert_eq!(m.value(), "hello");
+    assert!(m.ack().await.unwrap());
+
+    // The keys went to more than one master.
+    let used = cluster
+        .dbsizes()
+        .iter()
+        .zip(&cluster.nodes)
+        .enumerate()
+        .filter(|(i, (n, _))| cluster.masters().contains(i) && n.unwrap_or(0) > 0)
+        .count();
+    assert!(
+        used >= 2,
+        "keys on {used} master(s): {:?}",
+        cluster.dbsizes()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_spreads_over_the_masters_and_its_notices_reach_every_process() {
+    let cluster = RedisCluster::start(3, 1);
+    let a = Client::cluster(&cluster.urls()).await.expect("connect");
+    let b = Client::cluster(&cluster.urls()).await.expect("connect");
+    let ttl = Duration::from_secs(60);
+    let ca = a
+        .cache::<String>("products")
+        .ttl(ttl)
+        .build()
+        .await
+        .unwrap();
+    let cb = b
+        .cache::<String>("products")
+        .ttl(ttl)
+        .build()
+        .await
+        .unwrap();
+
+    // Fills from `a`; `b` takes each value (fill notices) or reads it once.
+    let keys: Vec<String> = (0..60).map(|i| format!("p{i}")).collect();
+    for k in &keys {
+        let value = format!("v1-{k}");
+        let v = ca
+            .get_or_compute(
+                k.as_str(),
+                move || async move { Ok::<_, std::io::Error>(value) },
+            )
+            .await
+            .unwrap();
+        assert_eq!(*v, format!("v1-{k}"));
+    }
+    for k in &keys {
+        let v = cb
+            .get_or_compute(k.as_str(), || async {
+                Ok::<_, std::io::Error>("loaded twice".to_owned())
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            *v,
+            format!("v1-{k}"),
+            "b must read a's value, not load again"
+        );
+    }
+    // Changes from `b` reach `a`'s L1 through the sharded notices.
+    for k in &keys {
+        cb.set(k.as_str(), format!("v2-{k}")).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    for k in &keys {
+        loop {
+            let v = ca.get(k.as_str()).await.unwrap().expect("value");
+            if *v == format!("v2-{k}") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{k}: a still serves {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    cb.invalidate("p1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(ca.get("p1").await.unwrap(), None);
+    // get_many across slots, then clear().
+    let many = ca.get_many(&["p2", "p3", "p4"]).await.unwrap();
+    assert!(many.iter().all(Option::is_some), "{many:?}");
+    ca.clear().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(cb.get("p2").await.unwrap(), None);
+
+    // Keys on every master, one sharded subscription per bucket.
+    let masters = cluster.masters();
+    let sizes = cluster.dbsizes();
+    for m in &masters {
+        assert!(
+            sizes[*m].unwrap_or(0) > 0,
+            "master {m} holds no key: {sizes:?}"
+        );
+    }
+}
