@@ -64,7 +64,11 @@ async fn run(o: Opts) {
     let max = Duration::from_millis(o.num("max-ms", 30_000));
     let pid = std::process::id();
 
-    let client = redis::Client::open(url.as_str()).unwrap();
+    // Bookkeeping (and the checker's "database") on `--log`, by default
+    // the cache's Redis: a separate plain Redis when the cache's is a
+    // Cluster (`redis-cluster://…`).
+    let log = o.str("log", &url);
+    let client = redis::Client::open(log.as_str()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     // Default stale_for (0): a stale value is never served on purpose, so
     // any old version seen after an invalidate is a real defect.

@@ -56,7 +56,11 @@ async fn worker(o: Opts) {
     let key = o.str("key", "item:42");
     let ttl = Duration::from_millis(o.num("ttl-ms", 60_000));
 
-    let client = redis::Client::open(url.as_str()).unwrap();
+    // Bookkeeping (and the checker's "database") on `--log`, by default
+    // the cache's Redis: a separate plain Redis when the cache's is a
+    // Cluster (`redis-cluster://…`).
+    let log = o.str("log", &url);
+    let client = redis::Client::open(log.as_str()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let cache = if strategy == "herdcache" {
         Some(

@@ -5,7 +5,7 @@ mod support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{RedisServer, demo_bin, run_stampede};
+use support::{RedisCluster, RedisServer, demo_bin, run_stampede, run_stampede_with};
 
 fn args(url: &str, run: &str, extra: &[&str]) -> Vec<String> {
     ["worker", "--redis", url, "--run", run]
@@ -78,6 +78,72 @@ fn cold_key_stampede_across_four_processes_loads_once() {
         wake[199] < 15_000,
         "a waiter was not woken by the fill: {wake:?}"
     );
+}
+
+/// The same cold stampede on a Redis Cluster (3 masters + 3 replicas):
+/// the hot key's lock and value live on one master, its fill notice is
+/// published there (`SPUBLISH` on the key's bucket) and reaches every
+/// process's sharded subscription. Bookkeeping on a separate plain Redis.
+#[test]
+fn cold_key_stampede_on_a_cluster_loads_once() {
+    let _serial = serial();
+    let cluster = RedisCluster::start(3, 1);
+    let log = RedisServer::start();
+    // One hot key on each master (run names and keys chosen so).
+    let mut picked: Vec<(String, String, usize)> = Vec::new();
+    for i in 0..1000 {
+        let (run, key) = (format!("cl{i}"), format!("item:{i}"));
+        let master = cluster.master_of(&bucket_tag(&format!("demo-{run}"), &key));
+        if picked.iter().all(|p| p.2 != master) {
+            picked.push((run, key, master));
+        }
+        if picked.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(picked.len(), 3, "keys on all three masters");
+    for (run, key, master) in &picked {
+        let (run, key) = (run.as_str(), key.as_str());
+        let mut worker = args(
+            &cluster.url(),
+            run,
+            &[
+                "--strategy",
+                "herdcache",
+                "--tasks",
+                "50",
+                "--loader-ms",
+                "50",
+            ],
+        );
+        worker.extend(["--log".into(), log.url(), "--key".into(), key.to_string()]);
+        let r = run_stampede_with(&demo_bin(), &log.url(), run, 4, &worker, false);
+        assert!(r.errors.is_empty(), "errors: {:?}", r.errors);
+        assert_eq!(r.loads, 1, "{key}: loader calls; stats: {:#?}", r.stats);
+        assert_eq!(r.seen.len(), 200, "every caller got a value");
+        assert!(r.seen.iter().all(|n| *n == r.seen[0]));
+        let wake = &r.after_load_us;
+        assert_eq!(wake.len(), 200);
+        println!(
+            "cluster, {key} (master {master}): answers after the loader returned p50 {} us, p99 {} us",
+            support::percentile(wake, 0.5),
+            support::percentile(wake, 0.99)
+        );
+        assert!(
+            wake[199] < 15_000,
+            "a waiter was not woken by the fill: {wake:?}"
+        );
+    }
+}
+
+/// The hash tag of `key`'s bucket (64 buckets, FNV-1a: `cache/keys.rs`).
+fn bucket_tag(namespace: &str, key: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key.as_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{{{namespace}:{}}}", h % 64)
 }
 
 #[test]

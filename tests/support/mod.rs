@@ -354,6 +354,19 @@ pub fn run_stampede(
     procs: usize,
     worker_args: &[String],
 ) -> RunReport {
+    run_stampede_with(exe, url, run, procs, worker_args, true)
+}
+
+/// [`run_stampede`]; `watch_fill` false when the workers' cache is not on
+/// `url` (a Cluster, whose notices are sharded): nothing to watch there.
+pub fn run_stampede_with(
+    exe: &Path,
+    url: &str,
+    run: &str,
+    procs: usize,
+    worker_args: &[String],
+    watch_fill: bool,
+) -> RunReport {
     let children: Vec<_> = (0..procs)
         .map(|_| {
             Command::new(exe)
@@ -366,10 +379,14 @@ pub fn run_stampede(
     // Watches the demo namespace's bus for the first notice (the fill's),
     // to time callers' answers from the fill itself.
     let fill_seen = {
-        let mut sub = redis::Client::open(url).unwrap().get_connection().unwrap();
-        sub.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let sub = watch_fill.then(|| {
+            let mut sub = redis::Client::open(url).unwrap().get_connection().unwrap();
+            sub.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            sub
+        });
         let channel = format!("hc:bus:demo-{run}");
         std::thread::spawn(move || {
+            let mut sub = sub?;
             let mut pubsub = sub.as_pubsub();
             pubsub.subscribe(&channel).ok()?;
             pubsub.get_message().ok()?;
