@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{RedisServer, checker_bin, now_ms};
+use support::{RedisCluster, RedisServer, checker_bin, now_ms};
 
 const PROCS: usize = 4;
 const OPS_PER_PROC: u64 = 10_000;
@@ -254,8 +254,26 @@ fn list(con: &mut redis::Connection, key: &str) -> Vec<String> {
 fn no_read_sees_a_version_older_than_a_returned_invalidate() {
     let _serial = serial();
     let server = RedisServer::start();
-    let url = server.url();
-    let mut con = server.connection();
+    check_fleet(&server.url(), &server, None);
+}
+
+/// The same checker with the cache on a Redis Cluster (3 masters + 3
+/// replicas; its 16 rows over the namespace's buckets on every master,
+/// notices sharded), the rows' "database" and the records on a separate
+/// plain Redis.
+#[test]
+fn no_read_sees_a_version_older_than_a_returned_invalidate_on_a_cluster() {
+    let _serial = serial();
+    let cluster = RedisCluster::start(3, 1);
+    let log = RedisServer::start();
+    check_fleet(&cluster.url(), &log, Some(&cluster));
+}
+
+/// Runs `PROCS` checker processes with their cache on `url`, records and
+/// rows on `log`, and judges the history.
+fn check_fleet(url: &str, log: &RedisServer, cluster: Option<&RedisCluster>) {
+    let mut con = log.connection();
+    let log_url = log.url();
     let bin = checker_bin();
     // Random by default (it is a randomized checker); printed, and settable,
     // so a failing mix can be rerun.
@@ -267,7 +285,7 @@ fn no_read_sees_a_version_older_than_a_returned_invalidate() {
     let mut children: Vec<Child> = (0..PROCS as u64)
         .map(|i| {
             Command::new(&bin)
-                .args(["--redis", &url, "--prefix", prefix])
+                .args(["--redis", url, "--log", &log_url, "--prefix", prefix])
                 .args(["--rows", &ROWS.to_string()])
                 .args(["--readers", "6", "--writers", "2"])
                 .args(["--ops", &OPS_PER_PROC.to_string()])
@@ -300,12 +318,16 @@ fn no_read_sees_a_version_older_than_a_returned_invalidate() {
     }
     // Each process subscribed to the namespace's bus when its cache was
     // built, so all four hear each other's invalidations from the first op.
-    let (_, subscribers): (String, usize) = redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg(format!("hc:bus:ck-{prefix}"))
-        .query(&mut con)
-        .unwrap();
-    assert_eq!(subscribers, PROCS, "every process listens on the bus");
+    // (On a Cluster, on every bucket's sharded channel, checked below by
+    // the notices that flowed.)
+    if cluster.is_none() {
+        let (_, subscribers): (String, usize) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(format!("hc:bus:ck-{prefix}"))
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(subscribers, PROCS, "every process listens on the bus");
+    }
     let _: () = redis::cmd("SET")
         .arg(format!("{prefix}:go"))
         .arg(1)
@@ -341,19 +363,26 @@ fn no_read_sees_a_version_older_than_a_returned_invalidate() {
         }
     }
     let stat = |name: &str| totals.get(name).copied().unwrap_or(0);
-    let commandstats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut con)
-        .unwrap();
     // PUBLISH calls made by the scripts (fill, invalidate): the notices the
     // other three processes each received. (`Stats` has no counter of
-    // notices received.)
-    let published: u64 = commandstats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
-        .and_then(|l| l.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    // notices received.) On a Cluster, SPUBLISH calls on the masters.
+    let published_on = |con: &mut redis::Connection, command: &str| -> u64 {
+        let commandstats: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
+        commandstats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|l| l.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let published: u64 = match cluster {
+        None => published_on(&mut con, "publish"),
+        Some(cluster) => cluster
+            .masters()
+            .into_iter()
+            .map(|m| published_on(&mut cluster.nodes[m].connection(), "spublish"))
+            .sum(),
+    };
 
     let v = judge(&reads, &writes);
     let ops = reads.len() + writes.len();
