@@ -9,6 +9,7 @@
 //! cargo run --release -p herdcache-loadtest -- --duration 10s --keys 100 --dist zipf --ttl-ms 1000
 //! cargo run --release -p herdcache-loadtest -- --scenario lock # locks: sections/s, hand-off latency
 //! cargo run --release -p herdcache-loadtest -- --scenario seckill --chart sale.svg # flash sale: oversold, orders, accepted/s
+//! cargo run --release -p herdcache-loadtest -- --scenario scaling # Redis cost per operation; model vs 1..16 processes
 //! ```
 //!
 //! The parent process starts a throwaway `redis-server` (unless `REDIS_URL`
@@ -27,6 +28,7 @@
 //! | `chart.rs` | `--chart`: p99 latency over time as SVG |
 //! | `lock/` | `--scenario lock`: its strategies, worker, report (see `lock/mod.rs`) |
 //! | `seckill/` | `--scenario seckill`: its strategies, worker, report, chart (see `seckill/mod.rs`) |
+//! | `scaling/` | `--scenario scaling`: per-operation Redis costs, and the model of docs/SCALING.md checked against 1..16 worker processes (see `scaling/mod.rs`) |
 
 // The test suite's throwaway Redis: one implementation of "start a
 // redis-server on a free loopback port, kill it on drop" for the tests, the
@@ -38,6 +40,7 @@ mod chart;
 mod db;
 mod lock;
 mod report;
+mod scaling;
 mod scenario;
 mod seckill;
 mod strategies;
@@ -115,6 +118,9 @@ enum Scenario {
     /// A flash sale: units sold against the stock, orders persisted,
     /// accepted orders per second.
     Seckill,
+    /// Redis cost per herdcache operation, and docs/SCALING.md's model of
+    /// a fleet's Redis load checked against 1, 2, 4, 8, 16 processes.
+    Scaling,
 }
 
 /// Options of one scenario only (clap ids): giving one to another
@@ -133,13 +139,35 @@ const STAMPEDE_ONLY: [&str; 10] = [
 ];
 const LOCK_ONLY: [&str; 4] = ["locks", "hold_ms", "think_ms", "count"];
 const SECKILL_ONLY: [&str; 5] = ["stock", "buyers", "max_qty", "watch_retries", "naive_yield"];
+const SCALING_ONLY: [&str; 4] = ["fleet", "runs", "rate", "costs_ops"];
+/// What `--scenario scaling` does not take: its workload is fixed but for
+/// keys, rate, TTL, loader time, duration and tasks.
+const NOT_SCALING: [&str; 10] = [
+    "processes",
+    "dist",
+    "zipf_s",
+    "hot_share",
+    "loader",
+    "stale_ms",
+    "early_refresh_beta",
+    "cold",
+    "strategy",
+    "chart",
+];
 
 /// The options (clap ids) `scenario` does not take.
 fn foreign_options(scenario: Scenario) -> Vec<&'static str> {
     let (mut v, extra): (Vec<&str>, &[&str]) = match scenario {
-        Scenario::Stampede => ([&LOCK_ONLY[..], &SECKILL_ONLY].concat(), &[]),
-        Scenario::Lock => ([&STAMPEDE_ONLY[..], &SECKILL_ONLY].concat(), &["chart"]),
-        Scenario::Seckill => ([&STAMPEDE_ONLY[..], &LOCK_ONLY].concat(), &["duration"]),
+        Scenario::Stampede => ([&LOCK_ONLY[..], &SECKILL_ONLY].concat(), &SCALING_ONLY),
+        Scenario::Lock => (
+            [&STAMPEDE_ONLY[..], &SECKILL_ONLY, &SCALING_ONLY].concat(),
+            &["chart"],
+        ),
+        Scenario::Seckill => (
+            [&STAMPEDE_ONLY[..], &LOCK_ONLY, &SCALING_ONLY].concat(),
+            &["duration"],
+        ),
+        Scenario::Scaling => ([&LOCK_ONLY[..], &SECKILL_ONLY].concat(), &NOT_SCALING),
     };
     v.extend_from_slice(extra);
     v
@@ -285,6 +313,21 @@ struct RunArgs {
     /// its DECR (a wider race window; off by default).
     #[arg(long)]
     naive_yield: bool,
+    /// Scaling: the fleet sizes (worker processes) to check the model at.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..=64))]
+    fleet: Vec<u16>,
+    /// Scaling: rounds over the fleet sizes (medians are reported)
+    /// [default: 3].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=20))]
+    runs: Option<u32>,
+    /// Scaling: requests per second per worker process, spread over its
+    /// tasks [default: 2000].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Scaling: how many times each operation is run to cost it
+    /// [default: 5000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
+    costs_ops: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -344,6 +387,7 @@ fn run(a: RunArgs, matches: &ArgMatches) -> Res<()> {
         Scenario::Stampede => "stampede",
         Scenario::Lock => "lock",
         Scenario::Seckill => "seckill",
+        Scenario::Scaling => "scaling",
     };
     if let Some(id) = foreign_options(a.scenario).iter().find(|id| given(id)) {
         return Err(format!(
@@ -356,7 +400,46 @@ fn run(a: RunArgs, matches: &ArgMatches) -> Res<()> {
         Scenario::Stampede => run_stampede(a),
         Scenario::Lock => run_lock(a),
         Scenario::Seckill => run_seckill(a),
+        Scenario::Scaling => run_scaling(a, &given),
     }
+}
+
+fn run_scaling(a: RunArgs, given: &dyn Fn(&str) -> bool) -> Res<()> {
+    let rate = a.rate.unwrap_or(2000.0);
+    if !(1.0..=1_000_000.0).contains(&rate) {
+        return Err("--rate must be in 1..=1000000".into());
+    }
+    let duration_ms = a.duration.map_or(8_000, |d| d.as_millis() as u64);
+    if duration_ms > 600_000 {
+        return Err("--duration must be at most 10min".into());
+    }
+    let ttl_ms = a.ttl_ms.unwrap_or(1_000);
+    if !(100..=60_000).contains(&ttl_ms) {
+        return Err("--ttl-ms must be in 100..=60000 for --scenario scaling".into());
+    }
+    if a.loader_ms == 0 {
+        return Err("--loader-ms must be at least 1 (it is XFetch's delta)".into());
+    }
+    let fleet: Vec<usize> = if a.fleet.is_empty() {
+        vec![1, 2, 4, 8, 16]
+    } else {
+        a.fleet.iter().map(|&p| usize::from(p)).collect()
+    };
+    scaling::run(
+        scaling::Options {
+            fleet,
+            runs: a.runs.unwrap_or(3) as usize,
+            tasks: a.tasks.unwrap_or(20) as usize,
+            keys: if given("keys") { a.keys } else { 100 },
+            rate,
+            ttl_ms,
+            loader_ms: a.loader_ms,
+            duration_ms,
+            costs_ops: a.costs_ops.unwrap_or(5_000),
+            json: a.json,
+        },
+        &std::env::current_exe()?,
+    )
 }
 
 fn run_seckill(a: RunArgs) -> Res<()> {
@@ -546,6 +629,8 @@ fn run_stampede(a: RunArgs) -> Res<()> {
             early_refresh_beta: settings.early_refresh_beta,
             duration_ms,
             bucket_ms: settings.bucket_ms,
+            book_url: None,
+            rate: None,
         };
         let launch = Launch {
             subcommand: "worker",

@@ -42,6 +42,15 @@ pub struct WorkerSpec {
     pub duration_ms: Option<u64>,
     /// Width of the time buckets of the latency-over-time chart.
     pub bucket_ms: u64,
+    /// Where the tool's own keys go (ready/go, load counts, reports), when
+    /// not `redis_url`: `--scenario scaling` keeps them off the measured
+    /// Redis so its `INFO commandstats` counts only the cache's commands.
+    #[serde(default)]
+    pub book_url: Option<String>,
+    /// Requests per second per process, spread evenly over its tasks
+    /// (steady mode); `None`: each task sends its next request at once.
+    #[serde(default)]
+    pub rate: Option<f64>,
 }
 
 /// How keys are drawn.
@@ -227,19 +236,31 @@ struct Shared {
     /// its own bucket histogram in when it moves to the next bucket: one
     /// short lock per task per bucket, not one per request.
     buckets: Mutex<BTreeMap<u64, Histogram<u64>>>,
+    /// `rate`: the interval between one task's requests.
+    pace: Option<Duration>,
 }
 
 pub async fn run(spec: WorkerSpec, index: usize) -> Result<(), String> {
     let client_redis =
         redis::Client::open(spec.redis_url.as_str()).map_err(|e| format!("redis url: {e}"))?;
-    let mut con = client_redis
+    let measured = client_redis
         .get_multiplexed_async_connection()
         .await
         .map_err(|e| format!("connect to redis: {e}"))?;
+    // The bookkeeping connection: the measured one unless a second Redis
+    // was given for it.
+    let mut con = match &spec.book_url {
+        None => measured.clone(),
+        Some(url) => redis::Client::open(url.as_str())
+            .map_err(|e| format!("bookkeeping redis url: {e}"))?
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| format!("connect to the bookkeeping redis: {e}"))?,
+    };
     let client = Client::connect(ClientConfig {
         strategy: spec.strategy,
         redis_url: &spec.redis_url,
-        con: con.clone(),
+        con: measured,
         prefix: &spec.run,
         ttl: Duration::from_millis(spec.ttl_ms),
         stale: Duration::from_millis(spec.stale_ms),
@@ -268,6 +289,11 @@ pub async fn run(spec: WorkerSpec, index: usize) -> Result<(), String> {
         deadline: spec.duration_ms.map(|ms| start + Duration::from_millis(ms)),
         bucket: Duration::from_millis(spec.bucket_ms.max(1)),
         buckets: Mutex::new(BTreeMap::new()),
+        // Each task sends one request every `tasks / rate` seconds.
+        pace: spec
+            .rate
+            .filter(|r| *r > 0.0)
+            .map(|r| Duration::from_secs_f64(spec.tasks as f64 / r)),
     });
     let handles: Vec<_> = (0..spec.tasks)
         .map(|t| {
@@ -364,7 +390,9 @@ async fn task(s: Arc<Shared>, seed: u64) -> TaskOut {
     };
     let mut bucket = new_bucket_histogram();
     let mut bucket_index = 0u64;
-    tokio::time::sleep_until(s.start).await;
+    // Paced tasks start spread over one interval, not all at the release.
+    let mut next = s.start + s.pace.map_or(Duration::ZERO, |p| p.mul_f64(rng.f64()));
+    tokio::time::sleep_until(next).await;
     loop {
         let key = s.picker.pick(&mut rng);
         let t0 = std::time::Instant::now();
@@ -394,10 +422,18 @@ async fn task(s: Arc<Shared>, seed: u64) -> TaskOut {
         if !more {
             break;
         }
-        // An L1 hit completes without ever yielding to Tokio; without this a
-        // task hitting L1 would hold its worker thread until the deadline
-        // and starve the other tasks. A real server awaits its socket here.
-        tokio::task::yield_now().await;
+        match s.pace {
+            // On schedule; a task that fell behind does not burst to catch up.
+            Some(pace) => {
+                next = (next + pace).max(Instant::now());
+                tokio::time::sleep_until(next).await;
+            }
+            // An L1 hit completes without ever yielding to Tokio; without this
+            // a task hitting L1 would hold its worker thread until the
+            // deadline and starve the other tasks. A real server awaits its
+            // socket here.
+            None => tokio::task::yield_now().await,
+        }
     }
     merge_bucket(&s, bucket_index, &mut bucket);
     out
