@@ -7,11 +7,11 @@ mod support;
 
 use herdcache::Client;
 use rusqlite::{Connection, params};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::RedisServer;
+use support::{RedisCluster, RedisServer};
 
 fn flash_sale_bin() -> PathBuf {
     support::example_bin_path("flash_sale")
@@ -54,17 +54,8 @@ fn kv(k: &str, v: impl ToString) -> String {
 
 /// A worker's arguments: its mode, the sale's Redis, the log Redis, then
 /// `rest`.
-fn worker_args(
-    mode: &str,
-    redis: &RedisServer,
-    log: &RedisServer,
-    rest: Vec<String>,
-) -> Vec<String> {
-    let mut args = vec![
-        mode.to_owned(),
-        kv("url", redis.url()),
-        kv("log", log.url()),
-    ];
+fn worker_args(mode: &str, url: &str, log: &RedisServer, rest: Vec<String>) -> Vec<String> {
+    let mut args = vec![mode.to_owned(), kv("url", url), kv("log", log.url())];
     args.extend(rest);
     args
 }
@@ -131,9 +122,31 @@ fn remove_db(db: &Path) {
 async fn ten_thousand_buyers_on_a_stock_of_100_sell_exactly_100_twenty_times() {
     let redis = RedisServer::start();
     let log_redis = RedisServer::start();
-    let db = temp_db("sell");
-    let runs = 20;
-    let client = Client::connect(&redis.url()).await.unwrap();
+    sell_out(&redis.url(), &log_redis, 20, "sell").await;
+}
+
+/// The same sale on a Redis Cluster (3 masters + 3 replicas): 6 SKUs, two
+/// on each master, 10,000 attempts each from 8 processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_buyers_sell_exactly_100_on_a_cluster() {
+    let cluster = RedisCluster::start(3, 1);
+    let log_redis = RedisServer::start();
+    let mut per_master = HashMap::<usize, usize>::new();
+    for run in 0..6 {
+        *per_master
+            .entry(cluster.master_of(&format!("sale-{run}")))
+            .or_default() += 1;
+    }
+    assert_eq!(per_master.len(), 3, "SKUs on every master: {per_master:?}");
+    sell_out(&cluster.url(), &log_redis, 6, "sell-cluster").await;
+}
+
+/// `runs` sales of SKUs `sale-<run>`, 100 units each, 8 buyer processes x
+/// 1,250 attempts per sale, 2 consumer processes into SQLite: exactly 100
+/// reserved, stored and told each time.
+async fn sell_out(url: &str, log_redis: &RedisServer, runs: usize, tag: &str) {
+    let db = temp_db(tag);
+    let client = Client::connect(url).await.unwrap();
     for run in 0..runs {
         client
             .stock(format!("sale-{run}"))
@@ -145,8 +158,8 @@ async fn ten_thousand_buyers_on_a_stock_of_100_sell_exactly_100_twenty_times() {
     for i in 0..2 {
         workers.spawn(worker_args(
             "consumer",
-            &redis,
-            &log_redis,
+            url,
+            log_redis,
             vec![
                 kv("db", db.display()),
                 kv("sku", "sale"),
@@ -160,8 +173,8 @@ async fn ten_thousand_buyers_on_a_stock_of_100_sell_exactly_100_twenty_times() {
     for _ in 0..8 {
         buyers.spawn(worker_args(
             "buyer",
-            &redis,
-            &log_redis,
+            url,
+            log_redis,
             vec![
                 kv("sku", "sale"),
                 kv("runs", runs),
@@ -188,11 +201,11 @@ async fn ten_thousand_buyers_on_a_stock_of_100_sell_exactly_100_twenty_times() {
             + count(&mut log, &format!("answers:{sku}:sold_out"));
         assert_eq!(answers, 10_000, "{sku}: every attempt answered");
         assert_eq!(told.len(), 100, "{sku}: exactly 100 reserved");
-        assert_eq!(available(&redis.url(), &sku).await, 0, "{sku}");
+        assert_eq!(available(url, &sku).await, 0, "{sku}");
         assert_eq!(in_db.len(), 100, "{sku}: 100 orders stored");
         assert_eq!(told.iter().cloned().collect::<HashSet<_>>(), in_db, "{sku}");
     }
-    eprintln!("20 sales x 10,000 attempts: 100 sold each, 0 oversold; buying took {buying:?}");
+    eprintln!("{runs} sales x 10,000 attempts: 100 sold each, 0 oversold; buying took {buying:?}");
     remove_db(&db);
 }
 
@@ -207,7 +220,7 @@ async fn the_per_user_limit_holds_across_processes() {
     for _ in 0..5 {
         buyers.spawn(worker_args(
             "buyer",
-            &redis,
+            &redis.url(),
             &log_redis,
             vec![
                 kv("sku", "ltd"),
@@ -242,7 +255,7 @@ async fn a_killed_workers_orders_are_taken_over_and_stored_once() {
     let worker = |name: &str, slow_ms: u64| {
         worker_args(
             "consumer",
-            &redis,
+            &redis.url(),
             &log_redis,
             vec![
                 kv("db", db.display()),
@@ -327,7 +340,7 @@ async fn a_redis_restart_mid_sale_oversells_nothing_and_loses_no_told_order() {
     let mut workers = Procs(Vec::new());
     workers.spawn(worker_args(
         "consumer",
-        &redis,
+        &redis.url(),
         &log_redis,
         vec![
             kv("db", db.display()),
@@ -340,7 +353,7 @@ async fn a_redis_restart_mid_sale_oversells_nothing_and_loses_no_told_order() {
     for _ in 0..4 {
         buyers.spawn(worker_args(
             "buyer",
-            &redis,
+            &redis.url(),
             &log_redis,
             vec![kv("sku", "r"), kv("attempts", 2000), kv("tasks", 8)],
         ));

@@ -380,7 +380,7 @@ pub fn run_stampede_with(
     // to time callers' answers from the fill itself.
     let fill_seen = {
         let sub = watch_fill.then(|| {
-            let mut sub = redis::Client::open(url).unwrap().get_connection().unwrap();
+            let sub = redis::Client::open(url).unwrap().get_connection().unwrap();
             sub.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
             sub
         });
