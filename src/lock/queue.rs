@@ -16,19 +16,27 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::lock::lease::Renewer;
 use crate::shared::link::{Link, Listener, Listening};
 
 /// The first and the longest interval of a waiter's fallback poll
 /// (notices normally wake it long before).
 const POLL_MIN: Duration = Duration::from_millis(20);
-const POLL_MAX: Duration = Duration::from_millis(250);
+pub(crate) const POLL_MAX: Duration = Duration::from_millis(250);
 
 /// This process's turn at a name: the head of its queue. A guard keeps it
 /// until its lock is released in Redis, so the next local waiter starts
 /// only then.
 pub(crate) struct Turn {
     _permit: OwnedSemaphorePermit,
-    _queue: QueueRef,
+    queue: QueueRef,
+}
+
+impl Turn {
+    /// The renewer of the leases of this client (or Redlock).
+    pub(crate) fn renewer(&self) -> &Arc<Renewer> {
+        &self.queue.queues.renewer
+    }
 }
 
 /// What one attempt at the lock in Redis found.
@@ -58,7 +66,7 @@ impl QueueRef {
         let permit = self.queue.permit.clone().try_acquire_owned().ok()?;
         Some(Turn {
             _permit: permit,
-            _queue: self,
+            queue: self,
         })
     }
 
@@ -97,7 +105,7 @@ impl QueueRef {
                 Attempt::Taken(taken) => {
                     let turn = Turn {
                         _permit: permit,
-                        _queue: self,
+                        queue: self,
                     };
                     return Ok((taken, turn));
                 }
@@ -128,10 +136,19 @@ impl QueueRef {
     }
 }
 
-/// Every lock name some task of this process acquires or holds.
+/// Every lock name some task of this process acquires or holds, and the
+/// renewer of their leases.
 #[derive(Default)]
 pub(crate) struct Queues {
     map: Mutex<HashMap<Arc<str>, Arc<NameQueue>>>,
+    renewer: Arc<Renewer>,
+}
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        // Every guard keeps its client's queues: none is left to renew.
+        self.renewer.close();
+    }
 }
 
 pub(crate) struct NameQueue {
