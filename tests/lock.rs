@@ -1,6 +1,7 @@
 //! The single-instance lock against a real redis-server: exclusion inside a
 //! process, fencing tokens, timeouts, hand-off by notice, release on drop,
-//! lost() when Redis hangs, bad input, and one connection for everything.
+//! lost() when Redis hangs, bad input, and one connection for everything;
+//! a release publishes its notice only when someone waits.
 
 mod support;
 
@@ -99,6 +100,110 @@ async fn acquire_timeout_is_a_typed_error_and_a_waiter_is_woken_by_the_release()
     );
 }
 
+/// Counts the notices published on `channel`, on a connection of its own
+/// (a plain subscriber, so it marks nothing as waited for).
+struct Notices {
+    count: Arc<AtomicU32>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Notices {
+    fn start(redis: &RedisServer, channel: &str) -> Notices {
+        let count = Arc::new(AtomicU32::new(0));
+        let stop: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let mut conn = redis.connection();
+        let channel = channel.to_owned();
+        let (c, s) = (count.clone(), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut sub = conn.as_pubsub();
+            sub.subscribe(&channel).unwrap();
+            sub.set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            ready_tx.send(()).unwrap();
+            while !s.load(Ordering::SeqCst) {
+                if sub.get_message().is_ok() {
+                    c.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        ready.recv().unwrap();
+        Notices {
+            count,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The count once every notice sent so far has had time to arrive.
+    fn settled(&self) -> u32 {
+        std::thread::sleep(Duration::from_millis(100));
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Notices {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_publishes_only_when_someone_waits() {
+    let redis = RedisServer::start();
+    let (a, b) = (client(&redis).await, client(&redis).await);
+    let notices = Notices::start(&redis, "hc:lk:{n}:ch");
+
+    // Nobody waits: acquisitions, releases, a dropped guard and a
+    // try_acquire that finds the lock taken (it does not wait) publish
+    // nothing.
+    for _ in 0..20 {
+        a.lock("n")
+            .acquire()
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    drop(a.lock("n").acquire().await.unwrap());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let held = a.lock("n").acquire().await.unwrap();
+    assert!(b.lock("n").try_acquire().await.unwrap().is_none());
+    held.release().await.unwrap();
+    assert_eq!(notices.settled(), 0, "a release with no waiter published");
+
+    // A waiter on another connection: the release publishes, and the
+    // waiter is woken by it (well before its 20-250 ms fallback poll).
+    for round in 1..=3 {
+        let held = a.lock("n").acquire().await.unwrap();
+        let b = b.clone();
+        let waiter = tokio::spawn(async move {
+            let g = b.lock("n").acquire().await.unwrap();
+            let got = Instant::now();
+            g.release().await.unwrap();
+            got
+        });
+        // Long enough for the waiter to have failed, subscribed, failed
+        // again, and gone to sleep with its poll at 80 ms and more.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let released = Instant::now();
+        held.release().await.unwrap();
+        let handoff = waiter.await.unwrap().duration_since(released);
+        assert!(
+            handoff < Duration::from_millis(50),
+            "round {round}: hand-off took {handoff:?}"
+        );
+        // One notice for the waited-for release; the waiter's own release
+        // finds no waiter and publishes nothing.
+        assert_eq!(notices.settled(), round, "round {round}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_guard_is_released_at_once() {
     let redis = RedisServer::start();
@@ -183,14 +288,6 @@ async fn bad_input_is_a_typed_error_and_takes_nothing() {
     let mut conn = redis.connection();
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
     assert!(keys.is_empty(), "nothing taken: {keys:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_is_refused_with_a_typed_error_until_it_is_supported() {
-    let redis = RedisServer::start();
-    let err = Client::cluster(&[redis.url()]).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Config);
-    assert!(err.to_string().contains("not supported"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,25 +1,25 @@
 //! Distributed locks: [`Lock`](crate::Lock) on one Redis (fenced, renewed,
 //! woken by notification) and [`Redlock`](crate::Redlock) over several
 //! independent masters. Both use the shared layer's connection, breaker
-//! and channel router (`crate::shared`) and its lease scripts.
+//! and channel router (`crate::shared`) and its `EXTEND` lease script.
 //!
 //! | file | what it is for |
 //! |---|---|
 //! | `single.rs` | [`Lock`](crate::Lock), [`LockGuard`](crate::LockGuard): acquire, wait by notice, fencing token |
 //! | `redlock.rs` | [`Redlock`](crate::Redlock): majority acquire in one fan-out, validity, no fencing (and why) |
-//! | `lease.rs` | a held lease: the watchdog that renews it, `lost()`, release on drop |
+//! | `lease.rs` | a held lease: one renewer per client (a timer queue, not a task per lease), `lost()`, release on drop |
 //! | `queue.rs` | the waiters of one name in one process: FIFO, one contender in Redis, one subscription |
-//! | `keys.rs` | `hc:lk:{<name>}` keys and channel; name checks |
-//! | `scripts.rs` | the acquire-and-fence script |
+//! | `keys.rs` | `hc:lk:{<name>}` keys and channel; name checks; the holder's token |
+//! | `scripts.rs` | acquire-and-fence, a Redlock master's acquire, and the release that publishes only when someone waits (the waiter marker) |
 //!
 //! # What the patterns users copy get wrong, and the line that answers each
 //!
 //! | seed pattern | what goes wrong | here |
 //! |---|---|---|
 //! | `SETNX lock 1` then `EXPIRE lock 10` | a crash between the two leaves a lock that never expires: the name is locked forever | one `SET lock token NX PX lease` inside the acquire script (`scripts.rs`): the lock and its expiry are one write |
-//! | `DEL lock` to release | the holder's lease may have run out and another taken the lock: the `DEL` frees *their* lock | compare-and-delete: `if GET lock == token then DEL` in one script (`shared/scripts.rs` `RELEASE`); a guard releases only its own token |
-//! | `while !acquired { sleep(100ms) }` | every waiter pays up to the whole sleep after each release (mean 50 ms hand-off), and all of them poll Redis | the release script publishes a notice; the waiter subscribed *before* it re-checked, so it is woken at once (hand-off well under 1 ms); the poll is only a fallback |
-//! | a long lease "to be safe" | a crashed holder blocks everyone for that long | a short lease renewed by a watchdog every lease/3 while the holder lives |
+//! | `DEL lock` to release | the holder's lease may have run out and another taken the lock: the `DEL` frees *their* lock | compare-and-delete: `if GET lock == token then DEL` in one script (`scripts.rs` `RELEASE`); a guard releases only its own token |
+//! | `while !acquired { sleep(100ms) }` | every waiter pays up to the whole sleep after each release (mean 50 ms hand-off), and all of them poll Redis | a waiter's failed attempt marks the name as waited for, and the release script then publishes a notice; the waiter subscribed *before* it re-checked, so it is woken at once (hand-off well under 1 ms); the poll is only a fallback. Nobody waiting: no notice |
+//! | a long lease "to be safe" | a crashed holder blocks everyone for that long | a short lease renewed every lease/3 while the holder lives |
 //! | renew and carry on when renewal fails | the work goes on after another process took the lock | [`LockGuard::lost`](crate::LockGuard::lost) fires no later than the lease's end; the fencing token lets the resource refuse the late writer |
 //!
 //! # Redis setup

@@ -31,13 +31,12 @@ use tokio::time::Instant;
 
 use crate::client::Client;
 use crate::error::{Error, ErrorKind};
-use crate::lock::keys::LockKeys;
+use crate::lock::keys::{LockKeys, Token, WAITER_TTL};
 use crate::lock::lease::{Holder, Lease, Renewal, drift};
 use crate::lock::queue::{Attempt, Pacing, Queues, Turn};
-use crate::lock::single::{DEFAULT_LEASE, MIN_LEASE};
-use crate::shared::new_token;
-use crate::shared::scripts::{EXTEND, RELEASE, TRY_LOCK};
-use crate::shared::server::evalsha;
+use crate::lock::scripts::{RELEASE, TRY_LOCK};
+use crate::lock::single::{DEFAULT_LEASE, MIN_LEASE, release_cmd, script_cmd};
+use crate::shared::scripts::EXTEND;
 use crate::shared::telemetry::{self, CallSpan};
 
 /// The default bound on each master's answer: a master slower than this
@@ -51,7 +50,9 @@ pub struct Redlock {
 }
 
 struct RedlockInner {
-    masters: Vec<Client>,
+    /// Shared with every lease: an acquisition clones one `Arc`, not N
+    /// clients.
+    masters: Arc<[Client]>,
     quorum: usize,
     queues: Arc<Queues>,
 }
@@ -79,6 +80,8 @@ pub struct RedlockBuilder {
 pub struct RedlockLock {
     redlock: Redlock,
     name: Arc<str>,
+    /// Built once per handle, as [`Lock`](crate::Lock)'s.
+    keys: Result<Arc<LockKeys>, Error>,
     lease: Duration,
 }
 
@@ -99,10 +102,10 @@ impl std::fmt::Debug for RedlockGuard {
 }
 
 struct Majority {
-    masters: Vec<Client>,
+    masters: Arc<[Client]>,
     quorum: usize,
-    keys: LockKeys,
-    token: String,
+    keys: Arc<LockKeys>,
+    token: Token,
     lease: Duration,
 }
 
@@ -112,15 +115,20 @@ fn ms(d: Duration) -> u64 {
 
 impl Majority {
     /// Runs `TRY_LOCK` (`-1` taken, else pttl) on every master at once:
-    /// (taken, answered, longest pttl among holders).
-    async fn take(&self) -> (usize, usize, Duration) {
-        let calls = self.masters.iter().map(|m| async {
-            let mut cmd = evalsha(&TRY_LOCK, 1);
-            cmd.arg(&self.keys.lock)
-                .arg(&self.token)
-                .arg(ms(self.lease));
-            m.server.eval::<i64>(&TRY_LOCK, &cmd).await
-        });
+    /// (taken, answered, longest pttl among holders). One command serves
+    /// every master (they differ in connection, not in command).
+    async fn take(&self, waits: bool) -> (usize, usize, Duration) {
+        let mut cmd = script_cmd(&TRY_LOCK, 2, 5, 2 * self.keys.lock.len() + 64);
+        cmd.arg(&self.keys.lock)
+            .arg(&self.keys.waiters)
+            .arg(self.token.as_bytes())
+            .arg(ms(self.lease))
+            .arg(if waits { ms(WAITER_TTL) } else { 0 });
+        let cmd = &cmd;
+        let calls = self
+            .masters
+            .iter()
+            .map(|m| async move { m.server.eval::<i64>(&TRY_LOCK, cmd).await });
         let answers = futures_util::future::join_all(calls).await;
         let mut taken = 0;
         let mut answered = 0;
@@ -139,13 +147,15 @@ impl Majority {
 
 impl Holder for Majority {
     async fn renew(&self) -> Renewal {
-        let calls = self.masters.iter().map(|m| async {
-            let mut cmd = evalsha(&EXTEND, 1);
-            cmd.arg(&self.keys.lock)
-                .arg(&self.token)
-                .arg(ms(self.lease));
-            m.server.eval::<i64>(&EXTEND, &cmd).await
-        });
+        let mut cmd = script_cmd(&EXTEND, 1, 3, self.keys.lock.len() + 48);
+        cmd.arg(&self.keys.lock)
+            .arg(self.token.as_bytes())
+            .arg(ms(self.lease));
+        let cmd = &cmd;
+        let calls = self
+            .masters
+            .iter()
+            .map(|m| async move { m.server.eval::<i64>(&EXTEND, cmd).await });
         let answers = futures_util::future::join_all(calls).await;
         let renewed = answers.iter().filter(|a| matches!(a, Ok(1))).count();
         let unknown = answers.iter().filter(|a| a.is_err()).count();
@@ -161,12 +171,7 @@ impl Holder for Majority {
 
     async fn release(&self) -> Result<bool, Error> {
         let calls = self.masters.iter().map(|m| async {
-            let mut cmd = evalsha(&RELEASE, 1);
-            cmd.arg(&self.keys.lock)
-                .arg(&self.token)
-                .arg(&self.keys.channel)
-                .arg("r")
-                .arg(m.server.publish_verb());
+            let cmd = release_cmd(&m.server, &self.keys, &self.token);
             m.server.eval::<i64>(&RELEASE, &cmd).await
         });
         let answers = futures_util::future::join_all(calls).await;
@@ -209,9 +214,11 @@ impl Redlock {
     /// A lock named `name` over the masters. Nothing is sent until it is
     /// acquired; a bad name is reported by `acquire`.
     pub fn lock(&self, name: impl Into<String>) -> RedlockLock {
+        let name: String = name.into();
         RedlockLock {
             redlock: self.clone(),
-            name: name.into().into(),
+            keys: LockKeys::new(&name).map(Arc::new),
+            name: name.into(),
             lease: DEFAULT_LEASE,
         }
     }
@@ -257,7 +264,7 @@ impl RedlockBuilder {
                 .connect_lazy(true)
                 .connect()
         });
-        let masters: Vec<Client> = futures_util::future::try_join_all(connects).await?;
+        let masters: Arc<[Client]> = futures_util::future::try_join_all(connects).await?.into();
         let quorum = masters.len() / 2 + 1;
         if !self.lazy {
             let deadline = Instant::now() + self.node_timeout.max(Duration::from_millis(200));
@@ -349,14 +356,14 @@ impl RedlockLock {
         let Some(turn) = self.redlock.inner.queues.enter(&self.name).try_turn() else {
             return Ok(None);
         };
-        match self.attempt(&majority).await? {
+        match self.attempt(&majority, false).await? {
             Attempt::Taken(validity_from) => Ok(Some(self.guard(majority, validity_from, turn))),
             Attempt::Held { .. } => Ok(None),
         }
     }
 
     fn majority(&self) -> Result<Majority, Error> {
-        let keys = LockKeys::new(&self.name)?;
+        let keys = self.keys.clone()?;
         if self.lease < MIN_LEASE {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -368,7 +375,7 @@ impl RedlockLock {
             masters: inner.masters.clone(),
             quorum: inner.quorum,
             keys,
-            token: new_token(),
+            token: Token::new(),
             lease: self.lease,
         })
     }
@@ -376,9 +383,13 @@ impl RedlockLock {
     /// One round: taken, with when it was sent and its validity, if a
     /// majority granted it in time; else held (what was taken is released
     /// again), for the longest pttl a master reported (zero: a split vote).
-    async fn attempt(&self, majority: &Majority) -> Result<Attempt<(Instant, Duration)>, Error> {
+    async fn attempt(
+        &self,
+        majority: &Majority,
+        waits: bool,
+    ) -> Result<Attempt<(Instant, Duration)>, Error> {
         let sent = Instant::now();
-        let (taken, answered, pttl) = majority.take().await;
+        let (taken, answered, pttl) = majority.take(waits).await;
         let validity = self
             .lease
             .checked_sub(sent.elapsed() + drift(self.lease))
@@ -437,7 +448,9 @@ impl RedlockLock {
             .inner
             .queues
             .enter(&self.name)
-            .take_in_turn(deadline, pacing, timed_out, || self.attempt(&majority))
+            .take_in_turn(deadline, pacing, timed_out, || {
+                self.attempt(&majority, true)
+            })
             .await?;
         Ok(self.guard(majority, validity_from, turn))
     }

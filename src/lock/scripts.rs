@@ -1,11 +1,32 @@
-//! The lock's own script: take the lock and issue its fencing token in one
-//! step. Extending and releasing use the shared lease primitives
-//! (`shared/scripts.rs`).
+//! The lock's own scripts: take the lock and issue its fencing token in one
+//! step, and release it with a notice only when someone waits. Extending
+//! uses the shared lease primitive (`shared/scripts.rs` `EXTEND`).
+//!
+//! **The waiter marker.** A waiter whose attempt fails sets
+//! `hc:lk:{<name>}:w` (with a short expiry, [`WAITER_TTL`](crate::lock::keys::WAITER_TTL))
+//! in the same script that found the lock taken; the release deletes the
+//! marker and publishes the notice only if there was one. An uncontended
+//! lock (the common case) so publishes nothing: a `DEL` of a missing key
+//! costs Redis less than a `PUBLISH`, and nothing crosses the wire to
+//! subscribers. No wake-up is lost: a waiter sleeps only after a failed
+//! attempt, and only once it is subscribed (it subscribes, then attempts
+//! again, before its first sleep). That attempt set the marker atomically
+//! with finding the lock taken, and only a release deletes it, so the
+//! first release after it finds the marker and publishes, to a waiter
+//! already subscribed. A later release may find no marker (the earlier one
+//! took it), but every waiter it could concern was woken by that earlier
+//! notice and is attempting again, which sets the marker anew if it fails.
+//! The marker expires only if no waiter has attempted for its whole TTL,
+//! far above the fallback poll (250 ms) every waiter keeps: such a waiter
+//! is not waiting any more (or its process is stopped, and then its
+//! overdue poll makes it attempt at once when it runs again).
 
 use redis::Script;
 use std::sync::LazyLock;
 
-/// `SET lock token NX PX lease`, and if taken, the next fencing token.
+/// `SET lock token NX PX lease`, and if taken, the next fencing token; if
+/// not, the waiter marker (unless its TTL is 0: `try_acquire` does not
+/// wait) and the holder's remaining time.
 ///
 /// The token is the name's counter (`INCR`), started at the server's clock
 /// in microseconds (`TIME`) whenever the counter is new. A counter alone
@@ -21,7 +42,8 @@ use std::sync::LazyLock;
 /// `SET`: the rest is one `INCR` (the earlier read-compare-write of the
 /// fence key cost Redis ~3.7 µs per acquisition).
 ///
-/// KEYS: lock, fence. ARGV: token, lease ms, fence key ttl ms.
+/// KEYS: lock, fence, waiter marker. ARGV: token, lease ms, fence key ttl
+/// ms, waiter marker ttl ms (0: none).
 /// Returns `{1, fence}` if taken, else `{0, pttl}` (the holder's remaining ms).
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -35,12 +57,45 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   end
   return {1, fence}
 end
+if ARGV[4] ~= '0' then redis.call('SET', KEYS[3], '1', 'PX', ARGV[4]) end
 return {0, math.max(redis.call('PTTL', KEYS[1]), 0)}
 ",
     )
 });
 
+/// A Redlock master's part of an acquisition: `SET lock token NX PX ttl`,
+/// or the waiter marker and the holder's remaining time.
+/// KEYS: lock, waiter marker. ARGV: token, lock ttl ms, waiter marker ttl
+/// ms (0: none). Returns -1 if acquired, else the holder's remaining ms
+/// (>= 0).
+pub(crate) static TRY_LOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -1 end
+if ARGV[3] ~= '0' then redis.call('SET', KEYS[2], '1', 'PX', ARGV[3]) end
+return math.max(redis.call('PTTL', KEYS[1]), 0)
+",
+    )
+});
+
+/// Compare-and-delete release that publishes the notice only if a waiter
+/// marked the name (see the module docs). Never a plain `DEL`: a lock that
+/// expired and was taken by someone else must not be freed by us.
+/// KEYS: lock, waiter marker. ARGV: token, channel, notice, publish
+/// command (`PUBLISH`, or `SPUBLISH` on a Cluster: see
+/// `Server::publish_verb`). Returns 1 if released.
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if redis.call('DEL', KEYS[2]) == 1 then redis.call(ARGV[4], ARGV[2], ARGV[3]) end
+return 1
+",
+    )
+});
+
 /// The lock's scripts, loaded with each new connection.
-pub(crate) fn all() -> [&'static Script; 1] {
-    [&ACQUIRE]
+pub(crate) fn all() -> [&'static Script; 3] {
+    [&ACQUIRE, &TRY_LOCK, &RELEASE]
 }

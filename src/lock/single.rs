@@ -1,20 +1,19 @@
 //! [`Lock`] and [`LockGuard`]: a fenced lock on one Redis (or one master
 //! with its replicas), renewed by a watchdog and woken by notification.
 
-use redis::Value;
+use redis::{Cmd, Script, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::client::Client;
 use crate::error::{Error, ErrorKind};
-use crate::lock::keys::LockKeys;
+use crate::lock::keys::{LockKeys, Token, WAITER_TTL};
 use crate::lock::lease::{Holder, Lease, Renewal, drift};
 use crate::lock::queue::{Attempt, Pacing, Turn};
-use crate::lock::scripts::ACQUIRE;
-use crate::shared::new_token;
-use crate::shared::scripts::{EXTEND, RELEASE};
-use crate::shared::server::{Server, evalsha};
+use crate::lock::scripts::{ACQUIRE, RELEASE};
+use crate::shared::scripts::EXTEND;
+use crate::shared::server::Server;
 use crate::shared::telemetry::{self, CallSpan};
 
 /// The lease of a lock taken with no [`Lock::lease`]: 10 s. A holder that
@@ -75,12 +74,33 @@ impl std::fmt::Debug for LockGuard {
 struct Single {
     server: Arc<Server>,
     keys: Arc<LockKeys>,
-    token: String,
+    token: Token,
     lease: Duration,
 }
 
 fn ms(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
+}
+
+/// `EVALSHA <sha> <nkeys>`, its buffers sized for `args` more arguments of
+/// about `bytes` in all, so that adding them does not grow them.
+pub(crate) fn script_cmd(script: &Script, nkeys: usize, args: usize, bytes: usize) -> Cmd {
+    let mut cmd = Cmd::with_capacity(3 + args, 64 + bytes);
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(nkeys);
+    cmd
+}
+
+/// The lock's release: compare-and-delete, and the notice only if a
+/// waiter marked the name (`scripts.rs`).
+pub(crate) fn release_cmd(server: &Server, keys: &LockKeys, token: &Token) -> Cmd {
+    let mut cmd = script_cmd(&RELEASE, 2, 6, 2 * keys.lock.len() + 64);
+    cmd.arg(&keys.lock)
+        .arg(&keys.waiters)
+        .arg(token.as_bytes())
+        .arg(&keys.channel)
+        .arg("r")
+        .arg(server.publish_verb());
+    cmd
 }
 
 /// How long a fence counter lives after it was started. Past it the
@@ -90,9 +110,9 @@ const FENCE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl Holder for Single {
     async fn renew(&self) -> Renewal {
-        let mut cmd = evalsha(&EXTEND, 1);
+        let mut cmd = script_cmd(&EXTEND, 1, 3, self.keys.lock.len() + 48);
         cmd.arg(&self.keys.lock)
-            .arg(&self.token)
+            .arg(self.token.as_bytes())
             .arg(ms(self.lease));
         match self.server.eval::<i64>(&EXTEND, &cmd).await {
             Ok(1) => Renewal::Renewed,
@@ -102,12 +122,7 @@ impl Holder for Single {
     }
 
     async fn release(&self) -> Result<bool, Error> {
-        let mut cmd = evalsha(&RELEASE, 1);
-        cmd.arg(&self.keys.lock)
-            .arg(&self.token)
-            .arg(&self.keys.channel)
-            .arg("r")
-            .arg(self.server.publish_verb());
+        let cmd = release_cmd(&self.server, &self.keys, &self.token);
         let n: i64 = self
             .server
             .eval(&RELEASE, &cmd)
@@ -122,7 +137,7 @@ impl Holder for Single {
 /// it, nobody would hold a guard, and the name would stay locked for a
 /// whole lease. Disarmed once the answer is in hand.
 struct InFlight<'a> {
-    single: Option<(&'a Arc<Server>, &'a Arc<LockKeys>, &'a str)>,
+    single: Option<(&'a Arc<Server>, &'a Arc<LockKeys>, Token)>,
 }
 
 impl Drop for InFlight<'_> {
@@ -133,7 +148,7 @@ impl Drop for InFlight<'_> {
             let single = Single {
                 server: server.clone(),
                 keys: keys.clone(),
-                token: token.to_owned(),
+                token,
                 lease: MIN_LEASE,
             };
             runtime.spawn(async move { single.release().await });
@@ -226,8 +241,8 @@ impl Lock {
         let Some(turn) = self.client.locks.enter(&self.name).try_turn() else {
             return Ok(None);
         };
-        let token = new_token();
-        match self.attempt(&keys, &token).await? {
+        let token = Token::new();
+        match self.attempt(&keys, token, false).await? {
             Attempt::Taken((fence, sent)) => Ok(Some(self.guard(keys, token, fence, sent, turn))),
             Attempt::Held { .. } => Ok(None),
         }
@@ -263,7 +278,7 @@ impl Lock {
 
     async fn acquire_until_inner(&self, deadline: Option<Instant>) -> Result<LockGuard, Error> {
         let keys = self.check()?;
-        let token = new_token();
+        let token = Token::new();
         let pacing = Pacing {
             links: &[&self.client.server.link],
             channel: &keys.channel,
@@ -279,25 +294,31 @@ impl Lock {
             .client
             .locks
             .enter(&self.name)
-            .take_in_turn(deadline, pacing, timed_out, || self.attempt(&keys, &token))
+            .take_in_turn(deadline, pacing, timed_out, || {
+                self.attempt(&keys, token, true)
+            })
             .await?;
         Ok(self.guard(keys, token, fence, sent, turn))
     }
 
     /// One try: take the lock and its fencing token, or learn how long the
-    /// holder's lease still runs.
+    /// holder's lease still runs (and, if this caller will wait, mark the
+    /// name as waited for, so the release publishes its notice).
     async fn attempt(
         &self,
         keys: &Arc<LockKeys>,
-        token: &str,
+        token: Token,
+        waits: bool,
     ) -> Result<Attempt<(u64, Instant)>, Error> {
         let server = &self.client.server;
-        let mut cmd = evalsha(&ACQUIRE, 2);
+        let mut cmd = script_cmd(&ACQUIRE, 3, 7, 3 * keys.lock.len() + 80);
         cmd.arg(&keys.lock)
             .arg(&keys.fence)
-            .arg(token)
+            .arg(&keys.waiters)
+            .arg(token.as_bytes())
             .arg(ms(self.lease))
-            .arg(ms(FENCE_TTL.max(self.lease)));
+            .arg(ms(FENCE_TTL.max(self.lease)))
+            .arg(if waits { ms(WAITER_TTL) } else { 0 });
         let sent = Instant::now();
         let mut in_flight = InFlight {
             single: Some((server, keys, token)),
@@ -327,7 +348,7 @@ impl Lock {
     fn guard(
         &self,
         keys: Arc<LockKeys>,
-        token: String,
+        token: Token,
         fence: u64,
         sent: Instant,
         turn: Turn,
