@@ -378,7 +378,16 @@ impl ClientBuilder {
                     // Our own bound (`Link::query`) covers a call with its
                     // retries and redirections; the builder's would stay
                     // at its default for the blocking reads' connections.
-                    .overall_response_timeout(None);
+                    .overall_response_timeout(None)
+                    // A few quick retries (a MOVED or ASK redirection, a
+                    // node that just went away) rather than redis-rs's 16
+                    // with waits from 1.28 s: past them a call fails like
+                    // any outage (L1 keeps serving), and a reconnect
+                    // attempt during a failover fails fast and is tried
+                    // again 50 ms later.
+                    .retries(3)
+                    .min_retry_wait(5)
+                    .max_retry_wait(50);
                 #[cfg(feature = "tls")]
                 let builder = match self.root_cert {
                     Some(pem) => builder.certs(redis::TlsCertificates {
@@ -399,6 +408,14 @@ impl ClientBuilder {
             link,
             breaker: Breaker::new(self.breaker_cooldown),
             timeout: self.redis_timeout,
+        });
+        // A connection made anew proves Redis is back: calls need not wait
+        // out the breaker's cooldown (after a failover, up to 250 ms more).
+        let weak = Arc::downgrade(&server);
+        server.link.on_reconnect(move || {
+            if let Some(server) = weak.upgrade() {
+                server.breaker.close();
+            }
         });
         tokio::spawn(warn_if_evicting(Arc::downgrade(&server)));
         Ok(Client {

@@ -63,16 +63,47 @@ return {0, math.max(redis.call('PTTL', KEYS[1]), 0)}
     )
 });
 
-/// A Redlock master's part of an acquisition: `SET lock token NX PX ttl`,
-/// or the waiter marker and the holder's remaining time.
-/// KEYS: lock, waiter marker. ARGV: token, lock ttl ms, waiter marker ttl
-/// ms (0: none). Returns -1 if acquired, else the holder's remaining ms
-/// (>= 0).
-pub(crate) static TRY_LOCK: LazyLock<Script> = LazyLock::new(|| {
+/// Fencing tokens from a counter at or above this were started at the
+/// server's clock (µs since 1970: this is 2001); below it, the counter was
+/// lost and recreated by an `INCR`, and must be started at the clock again
+/// before a token is handed out (see [`FENCE_START`]).
+pub(crate) const CLOCK_STARTED: u64 = 1_000_000_000_000_000;
+
+/// The fence of an acquisition whose `INCR` found the counter new (below
+/// [`CLOCK_STARTED`]): while the lock is still ours, start the counter at
+/// the server's clock in µs (with its day-long expiry) and return that, or
+/// if someone started it meanwhile, the next value. Token-checked, so a
+/// token is only issued to the holder: holders follow one another, so it
+/// is above every earlier holder's. (The multi-command acquisition cannot
+/// branch on the counter, hence this second round trip, paid only by the
+/// first acquisition of a counter.)
+/// KEYS: lock, fence. ARGV: token, fence key ttl ms. Returns the fence, or
+/// 0 if the lock is no longer ours.
+pub(crate) static FENCE_START: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -1 end
-if ARGV[3] ~= '0' then redis.call('SET', KEYS[2], '1', 'PX', ARGV[3]) end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local f = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+if f >= 1000000000000000 then return redis.call('INCR', KEYS[2]) end
+local t = redis.call('TIME')
+f = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('SET', KEYS[2], string.format('%d', f), 'PX', ARGV[2])
+return f
+",
+    )
+});
+
+/// A waiter's mark after an acquisition without a script (a `SET NX` that
+/// found the lock taken): set the waiter marker, and answer the holder's
+/// remaining time, 0 if the lock is free by now. A release between the
+/// failed `SET` and this mark found no marker and published nothing, but
+/// then the lock is free here (0), or taken by another whose release comes
+/// after the mark: the waiter retries at once, or is notified.
+/// KEYS: lock, waiter marker. ARGV: waiter marker ttl ms.
+pub(crate) static MARK_WAITER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
 return math.max(redis.call('PTTL', KEYS[1]), 0)
 ",
     )
@@ -96,6 +127,6 @@ return 1
 });
 
 /// The lock's scripts, loaded with each new connection.
-pub(crate) fn all() -> [&'static Script; 3] {
-    [&ACQUIRE, &TRY_LOCK, &RELEASE]
+pub(crate) fn all() -> [&'static Script; 4] {
+    [&ACQUIRE, &FENCE_START, &MARK_WAITER, &RELEASE]
 }

@@ -70,6 +70,15 @@ impl Breaker {
         }
     }
 
+    /// A new connection is up: Redis answered it (and every subscription
+    /// and script load on it), so calls need not wait out the cooldown.
+    pub(crate) fn close(&self) {
+        if self.open_until_ms.swap(0, Relaxed) != 0 {
+            self.probing.store(false, Relaxed);
+            telemetry::breaker_closed();
+        }
+    }
+
     #[cfg(test)]
     fn is_open(&self) -> bool {
         self.open_until_ms.load(Relaxed) != 0

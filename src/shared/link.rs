@@ -308,6 +308,9 @@ pub(crate) struct Link {
     /// (see `check`), and a flag that lets a success skip the lock.
     streak: Mutex<Streak>,
     timing_out: AtomicBool,
+    /// Called when a new connection is up after a loss (it closes the
+    /// client's breaker: see `Client::connect`).
+    on_reconnect: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 #[derive(Default)]
@@ -363,6 +366,7 @@ impl Link {
             timeout,
             streak: Mutex::default(),
             timing_out: AtomicBool::new(false),
+            on_reconnect: std::sync::OnceLock::new(),
         });
         if lazy {
             // The reconnect task makes the first connection, as it would
@@ -511,6 +515,11 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Sets what runs each time a new connection is up after a loss.
+    pub(crate) fn on_reconnect(&self, hook: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_reconnect.set(Box::new(hook));
     }
 
     /// Whether channels are sharded (`SSUBSCRIBE`/`SPUBLISH`): on a Cluster.
@@ -670,6 +679,9 @@ async fn reconnect_task(link: Weak<Link>, mut lost: mpsc::UnboundedReceiver<u64>
             if l.connect().await.is_ok() {
                 if serial != u64::MAX {
                     telemetry::reconnected(lost_at.elapsed());
+                }
+                if let Some(hook) = l.on_reconnect.get() {
+                    hook();
                 }
                 l.router.each(|l| l.reconnected());
                 break;

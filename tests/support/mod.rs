@@ -90,9 +90,13 @@ impl RedisServer {
             Some(dir) => cmd
                 .args(["--appendonly", "yes", "--appendfsync", "always"])
                 .args(["--dir", &dir.to_string_lossy()]),
+            // A file name of its own: a replica writes the RDB it receives
+            // from its master, and a shared `dump.rdb` would be loaded by
+            // every server started after it.
             None => cmd
                 .args(["--appendonly", "no"])
-                .args(["--dir", &std::env::temp_dir().to_string_lossy()]),
+                .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+                .args(["--dbfilename", &self.rdb_name()]),
         };
         cmd.args(&self.extra);
         let child = cmd
@@ -201,6 +205,10 @@ impl RedisServer {
         }
     }
 
+    fn rdb_name(&self) -> String {
+        format!("herdcache-{}-{}.rdb", self.port, std::process::id())
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -210,6 +218,7 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_file(std::env::temp_dir().join(self.rdb_name()));
         if let Some(dir) = &self.data_dir {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -515,6 +524,11 @@ impl RedisCluster {
                 &CLUSTER_NODE_TIMEOUT.as_millis().to_string(),
                 "--cluster-port",
                 &free_port().to_string(),
+                // A replica may always take over, however long ago it last
+                // heard from its master (on a busy 2-core machine the
+                // default validity can bar every replica).
+                "--cluster-replica-validity-factor",
+                "0",
             ]
             .iter()
             .map(|s| s.to_string())
@@ -560,9 +574,15 @@ impl RedisCluster {
                     .arg("INFO")
                     .query(&mut con)
                     .unwrap_or_default();
+                let replication: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut con)
+                    .unwrap_or_default();
                 info.contains("cluster_state:ok")
                     && info.contains("cluster_slots_ok:16384")
                     && info.contains(&format!("cluster_size:{masters}"))
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
             });
             if ok {
                 return;
