@@ -23,7 +23,10 @@
 //! (`stock/keys.rs`), a queue `hc:q:{<name>}:…`, a counter `hc:ct:{<name>}`,
 //! a rate limiter's key `hc:rl:{<name>:<key>}` (`rate/keys.rs`). Each tool's
 //! keys for one name share a Cluster hash tag, so every script touches one
-//! slot.
+//! slot. On a Redis Cluster ([`Client::cluster`]) notices are sharded
+//! (`SSUBSCRIBE`/`SPUBLISH` on a channel in the keys' slot), and a cache
+//! namespace is split into hash-tag buckets, `hc:{<ns>:<bucket>}:<key>:v`,
+//! each with its own channel (`cache/keys.rs`).
 //!
 //! # What each call does when something fails
 //!
