@@ -323,6 +323,8 @@ struct Streak {
 struct Live {
     serial: u64,
     conn: RedisConn,
+    /// On a Cluster, the slot map (`topology_of`) read before subscribing.
+    topology: Option<u64>,
 }
 
 /// The current connection, cloned for one call.
@@ -429,24 +431,56 @@ impl Link {
                     let _ = lost.send(serial);
                 }
                 PushKind::Message | PushKind::SMessage => router.dispatch(&push, serial),
+                // The server dropped a sharded subscription we still want:
+                // its slot moved to another shard (a migration). Notices on
+                // it would be lost from now on.
+                PushKind::SUnsubscribe if matches!(push.data.first(), Some(Value::BulkString(ch)) if router.get(ch).is_some()) =>
+                {
+                    let _ = lost.send(serial);
+                }
                 _ => {}
             }
             Ok(())
         };
+        let opening = Instant::now();
         let mut conn = bounded(self.timeout, self.open_conn(self.timeout, Some(on_push))).await?;
+        // Read before subscribing: a change during the subscriptions shows
+        // as a difference at the next heartbeat.
+        let topology = match conn {
+            RedisConn::Cluster(_) => Some(topology_of(
+                bounded(self.timeout, conn.send(&slots_cmd())).await?,
+            )),
+            RedisConn::Single(_) => None,
+        };
         let _order = self.subscriptions.lock().await;
         self.router.each(|l| l.accept(serial));
         let channels = self.router.channels();
         if !channels.is_empty() {
             let channels: Vec<&[u8]> = channels.iter().map(|c| &**c).collect();
-            bounded(self.timeout, conn.subscribe(&channels)).await?;
+            // On a Cluster during a failover, a sharded subscription whose
+            // slot still names the dead master hangs in redis-rs until our
+            // bound: bound it by what the whole connection took (4x, at
+            // least 50 ms), so the next attempt, 50 ms later, comes soon
+            // after the replica's promotion rather than up to a
+            // `redis_timeout` after it.
+            let limit = match conn {
+                RedisConn::Cluster(_) => {
+                    (opening.elapsed() * 4).clamp(Duration::from_millis(50), self.timeout)
+                }
+                RedisConn::Single(_) => self.timeout,
+            };
+            bounded(limit, conn.subscribe(&channels)).await?;
         }
         let loads = self.scripts.iter().map(|script| {
             let mut conn = conn.clone();
             async move { script.load_async(&mut conn).await }
         });
         futures_util::future::try_join_all(loads).await?;
-        self.current.store(Some(Arc::new(Live { serial, conn })));
+        self.current.store(Some(Arc::new(Live {
+            serial,
+            conn,
+            topology,
+        })));
         Ok(())
     }
 
@@ -583,8 +617,21 @@ impl Link {
     /// master (a failover that demoted it without closing connections).
     async fn heartbeat(&self) {
         match self.target {
-            Target::Direct(_) | Target::Cluster(_) => {
+            Target::Direct(_) => {
                 let _: RedisResult<String> = self.query(&redis::cmd("PING")).await;
+            }
+            // The slot map, compared with the one the connection subscribed
+            // by. A failover or a slot migration changes it; the connection
+            // is then replaced (resubscribed by the new map, L1 flushed),
+            // whether or not a push told us: notices published on a shard
+            // we are no longer subscribed to would be lost silently.
+            Target::Cluster(_) => {
+                let slots: RedisResult<Value> = self.query(&slots_cmd()).await;
+                if let (Ok(slots), Some(live)) = (slots, &*self.current.load())
+                    && live.topology != Some(topology_of(slots))
+                {
+                    let _ = self.lost.send(live.serial);
+                }
             }
             Target::Sentinel(_) => {
                 let role: RedisResult<Vec<redis::Value>> = self.query(&redis::cmd("ROLE")).await;
@@ -626,6 +673,41 @@ impl Link {
             serial == u64::MAX && self.current.load().is_none()
         }
     }
+}
+
+fn slots_cmd() -> Cmd {
+    let mut cmd = redis::cmd("CLUSTER");
+    cmd.arg("SLOTS");
+    cmd
+}
+
+/// A fingerprint of a `CLUSTER SLOTS` reply: each slot range and the
+/// address of its master, in order (replicas and node ids left out).
+fn topology_of(slots: Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut ranges: Vec<(i64, i64, Vec<u8>, i64)> = Vec::new();
+    if let Value::Array(all) = slots {
+        for range in all {
+            if let Value::Array(r) = range
+                && let (Some(Value::Int(lo)), Some(Value::Int(hi)), Some(Value::Array(m))) =
+                    (r.first(), r.get(1), r.get(2))
+            {
+                let host = match m.first() {
+                    Some(Value::BulkString(h)) => h.clone(),
+                    _ => Vec::new(),
+                };
+                let port = match m.get(1) {
+                    Some(Value::Int(p)) => *p,
+                    _ => 0,
+                };
+                ranges.push((*lo, *hi, host, port));
+            }
+        }
+    }
+    ranges.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ranges.hash(&mut h);
+    h.finish()
 }
 
 /// Waits for lost connections and replaces them: wakes every waiter at the
