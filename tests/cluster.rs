@@ -6,13 +6,49 @@ mod support;
 
 use herdcache::{Client, Reservation};
 use std::time::Duration;
-use support::{RedisCluster, RedisServer};
+use support::{CLUSTER_ACL, NARROW_ACL, RedisCluster, RedisServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_tool_works_on_a_cluster() {
     let cluster = RedisCluster::start(3, 1);
     let client = Client::cluster(&cluster.urls()).await.expect("connect");
+    exercise(&client, &cluster).await;
+}
 
+/// The same as the narrowest ACL user (README's rule plus the Cluster's
+/// additions), given as the one-URL form; a wrong password, an unreachable
+/// cluster and an empty seed list are typed errors within the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tool_works_on_a_cluster_as_the_narrow_acl_user() {
+    let mut user: Vec<String> = ["--user", "app", "on", ">app-secret"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    user.extend(NARROW_ACL.iter().chain(CLUSTER_ACL).map(|s| s.to_string()));
+    let cluster = RedisCluster::start_with(3, 1, &user);
+    let url = cluster
+        .url()
+        .replace("redis-cluster://", "redis-cluster://app:app-secret@");
+    let client = Client::connect(&url).await.expect("connect as app");
+    exercise(&client, &cluster).await;
+
+    let t = std::time::Instant::now();
+    let wrong = cluster
+        .url()
+        .replace("redis-cluster://", "redis-cluster://app:nope@");
+    let err = Client::connect(&wrong).await.expect_err("wrong password");
+    assert_eq!(err.kind(), herdcache::ErrorKind::Redis, "{err}");
+    let down = Client::cluster(&["redis://127.0.0.1:1/"])
+        .await
+        .expect_err("nothing there");
+    assert_eq!(down.kind(), herdcache::ErrorKind::Redis, "{down}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let none = Client::cluster::<&str>(&[]).await.expect_err("no seeds");
+    assert_eq!(none.kind(), herdcache::ErrorKind::Config, "{none}");
+}
+
+/// Every tool on `client`, its keys spread over the cluster's masters.
+async fn exercise(client: &Client, cluster: &RedisCluster) {
     // Locks of names in different slots, with a waiter woken by the
     // sharded release notice.
     for name in ["a", "b", "c", "d"] {

@@ -11,55 +11,7 @@ use herdcache::{Client, ErrorKind, Reservation};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::RedisServer;
-
-/// The narrowest ACL rule for every herdcache tool: its keys and channels
-/// only, and the commands its calls and scripts run (scripts run their
-/// commands with the caller's permissions).
-const NARROW: &[&str] = &[
-    "~hc:*",
-    "&hc:*",
-    "-@all",
-    // Connection set-up, heartbeat, subscriptions.
-    "+hello",
-    "+auth",
-    "+ping",
-    "+subscribe",
-    "+unsubscribe",
-    // Scripts (loaded at connect, then EVALSHA; EVAL after a flush).
-    "+evalsha",
-    "+eval",
-    "+script|load",
-    // Cache, locks, counters, rate limiter (directly or in scripts).
-    "+get",
-    "+mget",
-    "+set",
-    "+del",
-    "+exists",
-    "+incr",
-    "+incrby",
-    "+decrby",
-    "+pexpire",
-    "+pttl",
-    "+publish",
-    "+time",
-    "+hget",
-    "+hset",
-    "+hsetnx",
-    "+hincrby",
-    "+hmget",
-    "+hdel",
-    // Stock orders and queues (streams and consumer groups).
-    "+xadd",
-    "+xgroup|create",
-    "+xreadgroup",
-    "+xpending",
-    "+xclaim",
-    "+xack",
-    "+xrange",
-    "+xinfo|groups",
-    "+xtrim",
-];
+use support::{NARROW_ACL, RedisServer};
 
 struct Pki {
     dir: PathBuf,
@@ -183,7 +135,7 @@ fn tls_server(pki: &Pki) -> (RedisServer, u16) {
         "on".into(),
         ">app-secret".into(),
     ];
-    args.extend(NARROW.iter().map(|s| s.to_string()));
+    args.extend(NARROW_ACL.iter().map(|s| s.to_string()));
     args.extend([
         "--user".into(),
         "nolua".into(),
@@ -191,7 +143,7 @@ fn tls_server(pki: &Pki) -> (RedisServer, u16) {
         ">nolua-secret".into(),
     ]);
     args.extend(
-        NARROW
+        NARROW_ACL
             .iter()
             .filter(|c| !c.contains("script") && !c.contains("eval"))
             .map(|s| s.to_string()),

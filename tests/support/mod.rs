@@ -506,6 +506,11 @@ pub const CLUSTER_NODE_TIMEOUT: Duration = Duration::from_millis(1000);
 
 impl RedisCluster {
     pub fn start(masters: usize, replicas: usize) -> Self {
+        Self::start_with(masters, replicas, &[])
+    }
+
+    /// A cluster whose nodes get `extra` arguments too (an ACL `--user`).
+    pub fn start_with(masters: usize, replicas: usize, extra_args: &[String]) -> Self {
         let mut nodes = Vec::new();
         let mut configs = Vec::new();
         for _ in 0..masters * (1 + replicas) {
@@ -532,6 +537,7 @@ impl RedisCluster {
             ]
             .iter()
             .map(|s| s.to_string())
+            .chain(extra_args.iter().cloned())
             .collect();
             nodes.push(RedisServer::start_with(&extra));
             configs.push(config);
@@ -696,3 +702,60 @@ impl Drop for RedisCluster {
         }
     }
 }
+
+/// The narrowest ACL rule for every herdcache tool: its keys and channels
+/// only, and the commands its calls and scripts run (scripts run their
+/// commands with the caller's permissions).
+pub const NARROW_ACL: &[&str] = &[
+    "~hc:*",
+    "&hc:*",
+    "-@all",
+    // Connection set-up, heartbeat, subscriptions.
+    "+hello",
+    "+auth",
+    "+ping",
+    "+subscribe",
+    "+unsubscribe",
+    // Scripts (loaded at connect, then EVALSHA; EVAL after a flush).
+    "+evalsha",
+    "+eval",
+    "+script|load",
+    // Cache, locks, counters, rate limiter (directly or in scripts).
+    "+get",
+    "+mget",
+    "+set",
+    "+del",
+    "+exists",
+    "+incr",
+    "+incrby",
+    "+decrby",
+    "+pexpire",
+    "+pttl",
+    "+publish",
+    "+time",
+    "+hget",
+    "+hset",
+    "+hsetnx",
+    "+hincrby",
+    "+hmget",
+    "+hdel",
+    // Stock orders and queues (streams and consumer groups).
+    "+xadd",
+    "+xgroup|create",
+    "+xreadgroup",
+    "+xpending",
+    "+xclaim",
+    "+xack",
+    "+xrange",
+    "+xinfo|groups",
+    "+xtrim",
+];
+
+/// What a Redis Cluster adds to [`NARROW_ACL`]: sharded notices, and the
+/// slot map the client routes by.
+pub const CLUSTER_ACL: &[&str] = &[
+    "+ssubscribe",
+    "+sunsubscribe",
+    "+spublish",
+    "+cluster|slots",
+];
