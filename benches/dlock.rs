@@ -4,10 +4,10 @@
 //!
 //! | bench | round trips | what one operation does |
 //! |---|---|---|
-//! | `herdcache` | 2 | `client.lock(name).acquire().await` (local queue permit, `EVALSHA` acquire-and-fence: `SET NX PX`, `INCR` of the fence counter (`TIME` and `SET PX` only when the counter is new); spawn the watchdog task), then `guard.release().await` (abort the watchdog, `EVALSHA` compare-and-delete + `PUBLISH`) |
+//! | `herdcache` | 2 | `client.lock(name).acquire().await` (local queue permit; `MULTI; SET NX PX; INCR` of the fence counter`; EXEC` (a `FENCE_START` script only when the counter is new); the lease queued on the client's renewer), then `guard.release().await` (mark the lease released; `EVALSHA` compare-and-delete, `DEL` of the waiter marker, `PUBLISH` only if there was one) |
 //! | `raw` | 2 | `SET lock token NX PX 10000`, then `EVALSHA` of the standard compare-and-delete (`GET` == token then `DEL`), on one `MultiplexedConnection` set up like herdcache's (RESP3): **the issue's baseline** |
-//! | `raw_fenced` | 2 | herdcache's own two scripts (acquire-and-fence, release-and-publish, copied here) sent by `EVALSHA` on the raw connection: the server-side work of `herdcache` without its client-side code |
-//! | `redlock_5` | 2 fan-outs | `redlock.lock(name).acquire().await` + `release()` over 5 masters (each: `EVALSHA` `SET NX PX` / compare-and-delete + `PUBLISH`, all 5 at once) |
+//! | `raw_fenced` | 2 | herdcache's own two requests (`MULTI; SET NX PX; INCR; EXEC`, and its release script, copied here) sent on the raw connection: the server-side work of `herdcache` without its client-side code |
+//! | `redlock_5` | 2 fan-outs | `redlock.lock(name).acquire().await` + `release()` over 5 masters (each: a plain `SET NX PX`, then `EVALSHA` compare-and-delete + `DEL` of the waiter marker, all 5 at once) |
 //! | `herdcache_single` | 2 | `herdcache` on one of those 5 masters (the baseline of `redlock_5`) |
 //! | `raw_redlock_5` | 2 fan-outs | `raw` on all 5 masters at once (`join_all` of `SET NX PX`, then of compare-and-delete), checking a majority: what the 5 servers on this machine cost by themselves |
 //!
@@ -61,30 +61,14 @@ const MAX_TASKS: u64 = 64;
 const RAW_RELEASE: &str =
     "if redis.call('GET',KEYS[1])==ARGV[1] then return redis.call('DEL',KEYS[1]) else return 0 end";
 
-/// herdcache's acquire-and-fence script (`src/lock/scripts.rs`), verbatim.
-const FENCED_ACQUIRE: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local fence = redis.call('INCR', KEYS[2])
-  if fence == 1 then
-    local t = redis.call('TIME')
-    fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    redis.call('SET', KEYS[2], string.format('%d', fence), 'PX', ARGV[3])
-  end
-  return {1, fence}
-end
-return {0, math.max(redis.call('PTTL', KEYS[1]), 0)}
-";
-
-/// herdcache's release (`src/shared/scripts.rs` `RELEASE`), verbatim.
+/// herdcache's lock release (`src/lock/scripts.rs` `RELEASE`), verbatim:
+/// compare-and-delete, and the notice only if a waiter marked the name.
 const PUBLISHING_RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+if redis.call('DEL', KEYS[2]) == 1 then redis.call(ARGV[4], ARGV[2], ARGV[3]) end
 return 1
 ";
-
-/// The fence key's TTL herdcache sets (24 h).
-const FENCE_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// A token as unique as herdcache's: 128 random bits, in hex.
 fn token() -> String {
@@ -96,7 +80,6 @@ fn token() -> String {
 struct Raw {
     conn: MultiplexedConnection,
     release: String,
-    fenced_acquire: String,
     publishing_release: String,
 }
 
@@ -112,12 +95,10 @@ impl Raw {
                 .expect("SCRIPT LOAD")
         };
         let release = load(RAW_RELEASE).await;
-        let fenced_acquire = load(FENCED_ACQUIRE).await;
         let publishing_release = load(PUBLISHING_RELEASE).await;
         Raw {
             conn,
             release,
-            fenced_acquire,
             publishing_release,
         }
     }
@@ -147,29 +128,34 @@ impl Raw {
         assert_eq!(n, 1, "{key} was not ours at release");
     }
 
-    /// herdcache's two scripts, sent raw.
+    /// herdcache's two requests, sent raw: `MULTI; SET NX PX; INCR fence;
+    /// EXEC`, then its release script.
     async fn fenced_lock_unlock(&self, keys: &RawKeys) {
         let mut conn = self.conn.clone();
         let token = token();
-        let (taken, fence): (i64, i64) = redis::cmd("EVALSHA")
-            .arg(&self.fenced_acquire)
-            .arg(2)
+        let (set, fence): (Option<String>, i64) = redis::pipe()
+            .atomic()
+            .cmd("SET")
             .arg(&keys.lock)
-            .arg(&keys.fence)
             .arg(&token)
+            .arg("NX")
+            .arg("PX")
             .arg(LEASE_MS)
-            .arg(FENCE_TTL_MS)
+            .cmd("INCR")
+            .arg(&keys.fence)
             .query_async(&mut conn)
             .await
-            .expect("EVALSHA fenced acquire");
-        assert!(taken == 1 && fence > 0, "{} was already held", keys.lock);
+            .expect("MULTI SET INCR EXEC");
+        assert!(set.is_some() && fence > 0, "{} was already held", keys.lock);
         let n: i64 = redis::cmd("EVALSHA")
             .arg(&self.publishing_release)
-            .arg(1)
+            .arg(2)
             .arg(&keys.lock)
+            .arg(&keys.waiters)
             .arg(&token)
             .arg(&keys.channel)
             .arg("r")
+            .arg("PUBLISH")
             .query_async(&mut conn)
             .await
             .expect("EVALSHA publishing release");
@@ -182,6 +168,7 @@ impl Raw {
 struct RawKeys {
     lock: String,
     fence: String,
+    waiters: String,
     channel: String,
 }
 
@@ -190,6 +177,7 @@ impl RawKeys {
         let lock = format!("raw:lk:{{{name}}}");
         RawKeys {
             fence: format!("{lock}:f"),
+            waiters: format!("{lock}:w"),
             channel: format!("{lock}:ch"),
             lock,
         }

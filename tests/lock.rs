@@ -334,6 +334,56 @@ async fn ten_caches_and_a_hundred_waiters_use_one_connection() {
     drop(caches);
 }
 
+/// The fence counter lost while a lock is held (an eviction, a failover
+/// to a replica that missed it) and recreated by waiters' attempts, which
+/// count it up from 1: the next holder's token is still above every
+/// earlier one, because a counter that was not started at the server's
+/// clock is started there before a token is handed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_counter_recreated_by_waiters_still_gives_a_higher_token() {
+    let redis = RedisServer::start();
+    let (a, b) = (client(&redis).await, client(&redis).await);
+    let held = a.lock("f").acquire().await.unwrap();
+    let old = held.fencing_token();
+    assert!(old > 1_000_000_000_000_000, "started at the clock: {old}");
+    let mut raw = redis.connection();
+    let () = redis::cmd("DEL")
+        .arg("hc:lk:{f}:f")
+        .query(&mut raw)
+        .unwrap();
+    for _ in 0..3 {
+        assert!(b.lock("f").try_acquire().await.unwrap().is_none());
+    }
+    let counted: u64 = redis::cmd("GET")
+        .arg("hc:lk:{f}:f")
+        .query(&mut raw)
+        .unwrap();
+    assert!(counted < 10, "recreated from 1 by the failed attempts");
+    held.release().await.unwrap();
+    let next = b.lock("f").acquire().await.unwrap();
+    assert!(
+        next.fencing_token() > old,
+        "{} <= {old}",
+        next.fencing_token()
+    );
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("hc:lk:{f}:f")
+        .query(&mut raw)
+        .unwrap();
+    assert!(pttl > 0, "the restarted counter expires again: {pttl}");
+    let after = b.lock("f");
+    next.release().await.unwrap();
+    let last = after.acquire().await.unwrap();
+    assert_eq!(last.fencing_token(), {
+        let v: u64 = redis::cmd("GET")
+            .arg("hc:lk:{f}:f")
+            .query(&mut raw)
+            .unwrap();
+        v
+    });
+    last.release().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquire_fails_fast_while_redis_is_down_and_works_when_it_is_back() {
     let mut redis = RedisServer::start();

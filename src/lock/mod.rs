@@ -16,7 +16,7 @@
 //!
 //! | seed pattern | what goes wrong | here |
 //! |---|---|---|
-//! | `SETNX lock 1` then `EXPIRE lock 10` | a crash between the two leaves a lock that never expires: the name is locked forever | one `SET lock token NX PX lease` inside the acquire script (`scripts.rs`): the lock and its expiry are one write |
+//! | `SETNX lock 1` then `EXPIRE lock 10` | a crash between the two leaves a lock that never expires: the name is locked forever | one `SET lock token NX PX lease`, inside the transaction that also counts the fencing token (`single.rs`): the lock and its expiry are one write |
 //! | `DEL lock` to release | the holder's lease may have run out and another taken the lock: the `DEL` frees *their* lock | compare-and-delete: `if GET lock == token then DEL` in one script (`scripts.rs` `RELEASE`); a guard releases only its own token |
 //! | `while !acquired { sleep(100ms) }` | every waiter pays up to the whole sleep after each release (mean 50 ms hand-off), and all of them poll Redis | a waiter's failed attempt marks the name as waited for, and the release script then publishes a notice; the waiter subscribed *before* it re-checked, so it is woken at once (hand-off well under 1 ms); the poll is only a fallback. Nobody waiting: no notice |
 //! | a long lease "to be safe" | a crashed holder blocks everyone for that long | a short lease renewed every lease/3 while the holder lives |

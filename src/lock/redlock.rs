@@ -34,7 +34,7 @@ use crate::error::{Error, ErrorKind};
 use crate::lock::keys::{LockKeys, Token, WAITER_TTL};
 use crate::lock::lease::{Holder, Lease, Renewal, drift};
 use crate::lock::queue::{Attempt, Pacing, Queues, Turn};
-use crate::lock::scripts::{RELEASE, TRY_LOCK};
+use crate::lock::scripts::{MARK_WAITER, RELEASE};
 use crate::lock::single::{DEFAULT_LEASE, MIN_LEASE, release_cmd, script_cmd};
 use crate::shared::scripts::EXTEND;
 use crate::shared::telemetry::{self, CallSpan};
@@ -114,22 +114,34 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Majority {
-    /// Runs `TRY_LOCK` (`-1` taken, else pttl) on every master at once:
-    /// (taken, answered, longest pttl among holders). One command serves
-    /// every master (they differ in connection, not in command).
+    /// `SET lock token NX PX lease` on every master at once (a plain
+    /// command, not a script: Redis pays ~2.4 µs more per `EVALSHA`, times
+    /// five); where it is refused and the caller will wait, `MARK_WAITER`
+    /// (the holder's remaining time, and the mark that makes its release
+    /// publish). (taken, answered, longest pttl among holders.)
     async fn take(&self, waits: bool) -> (usize, usize, Duration) {
-        let mut cmd = script_cmd(&TRY_LOCK, 2, 5, 2 * self.keys.lock.len() + 64);
-        cmd.arg(&self.keys.lock)
-            .arg(&self.keys.waiters)
+        let mut set = redis::Cmd::with_capacity(6, self.keys.lock.len() + 96);
+        set.arg("SET")
+            .arg(&self.keys.lock)
             .arg(self.token.as_bytes())
-            .arg(ms(self.lease))
-            .arg(if waits { ms(WAITER_TTL) } else { 0 });
-        let cmd = &cmd;
-        let calls = self
-            .masters
-            .iter()
-            .map(|m| async move { m.server.eval::<i64>(&TRY_LOCK, cmd).await });
-        let answers = futures_util::future::join_all(calls).await;
+            .arg("NX")
+            .arg("PX")
+            .arg(ms(self.lease));
+        let mut mark = script_cmd(&MARK_WAITER, 2, 3, 2 * self.keys.lock.len() + 24);
+        mark.arg(&self.keys.lock)
+            .arg(&self.keys.waiters)
+            .arg(ms(WAITER_TTL));
+        let (set, mark) = (&set, &mark);
+        // One command serves every master (they differ in connection).
+        let calls = self.masters.iter().map(|m| async move {
+            let server = &m.server;
+            match server.call(server.raw_command::<redis::Value>(set)).await? {
+                redis::Value::Okay => Ok(-1),
+                _ if waits => server.eval::<i64>(&MARK_WAITER, mark).await,
+                _ => Ok(0),
+            }
+        });
+        let answers: Vec<redis::RedisResult<i64>> = futures_util::future::join_all(calls).await;
         let mut taken = 0;
         let mut answered = 0;
         let mut pttl = Duration::ZERO;

@@ -1,6 +1,9 @@
 //! The lock's own scripts: take the lock and issue its fencing token in one
-//! step, and release it with a notice only when someone waits. Extending
-//! uses the shared lease primitive (`shared/scripts.rs` `EXTEND`).
+//! step (on a Cluster; on one node `single.rs` does it with
+//! `MULTI; SET NX PX; INCR; EXEC`, and these scripts cover what a
+//! transaction cannot branch on), mark a waiter, and release the lock with
+//! a notice only when someone waits. Extending uses the shared lease
+//! primitive (`shared/scripts.rs` `EXTEND`).
 //!
 //! **The waiter marker.** A waiter whose attempt fails sets
 //! `hc:lk:{<name>}:w` (with a short expiry, [`WAITER_TTL`](crate::lock::keys::WAITER_TTL))
@@ -24,8 +27,8 @@
 use redis::Script;
 use std::sync::LazyLock;
 
-/// `SET lock token NX PX lease`, and if taken, the next fencing token; if
-/// not, the waiter marker (unless its TTL is 0: `try_acquire` does not
+/// On a Cluster: `SET lock token NX PX lease`, and if taken, the next
+/// fencing token; if not, the waiter marker (unless its TTL is 0: `try_acquire` does not
 /// wait) and the holder's remaining time.
 ///
 /// The token is the name's counter (`INCR`), started at the server's clock

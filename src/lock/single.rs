@@ -13,8 +13,8 @@ use crate::lock::keys::{LockKeys, Token, WAITER_TTL};
 use crate::lock::lease::{Holder, Lease, Renewal, drift};
 use crate::lock::queue::{Attempt, Pacing, Turn};
 use crate::lock::scripts::{ACQUIRE, CLOCK_STARTED, FENCE_START, MARK_WAITER, RELEASE};
-use crate::shared::scripts::EXTEND;
 use crate::shared::link::RedisConn;
+use crate::shared::scripts::EXTEND;
 use crate::shared::server::Server;
 use crate::shared::telemetry::{self, CallSpan};
 
@@ -375,20 +375,24 @@ impl Lock {
             .arg(ms(FENCE_TTL.max(self.lease)))
             .arg(if waits { ms(WAITER_TTL) } else { 0 });
         let reply = self.client.server.eval::<Value>(&ACQUIRE, &cmd).await?;
-        match &reply {
-            Value::Array(items) => match items.as_slice() {
+        if let Value::Array(items) = &reply {
+            match items.as_slice() {
                 [Value::Int(1), Value::Int(fence)] => return Ok(Tried::Taken(*fence as u64)),
                 [Value::Int(0), Value::Int(pttl)] => return Ok(Tried::Held(*pttl)),
                 _ => {}
-            },
-            _ => {}
+            }
         }
         Err(unexpected("the lock script", &reply))
     }
 
     /// `MULTI; SET NX PX; INCR; EXEC`, then `FENCE_START` for a new counter
     /// or `MARK_WAITER` for a waiter that found the lock taken.
-    async fn acquire_multi(&self, keys: &LockKeys, token: Token, waits: bool) -> RedisResult<Tried> {
+    async fn acquire_multi(
+        &self,
+        keys: &LockKeys,
+        token: Token,
+        waits: bool,
+    ) -> RedisResult<Tried> {
         let server = &self.client.server;
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -441,9 +445,7 @@ impl Lock {
             return Ok(Tried::Held(0));
         }
         let mut cmd = script_cmd(&MARK_WAITER, 2, 3, 2 * keys.lock.len() + 24);
-        cmd.arg(&keys.lock)
-            .arg(&keys.waiters)
-            .arg(ms(WAITER_TTL));
+        cmd.arg(&keys.lock).arg(&keys.waiters).arg(ms(WAITER_TTL));
         Ok(Tried::Held(server.eval(&MARK_WAITER, &cmd).await?))
     }
 
