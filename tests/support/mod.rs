@@ -720,6 +720,9 @@ pub const NARROW_ACL: &[&str] = &[
     "+evalsha",
     "+eval",
     "+script|load",
+    // A lock's acquisition on one node (MULTI; SET NX PX; INCR; EXEC).
+    "+multi",
+    "+exec",
     // Cache, locks, counters, rate limiter (directly or in scripts).
     "+get",
     "+mget",
