@@ -26,6 +26,8 @@
 //! | `db.rs` | the SQLite file the loader queries |
 //! | `report.rs` | merging the workers' results; table and JSON output |
 //! | `chart.rs` | `--chart`: p99 latency over time as SVG |
+//! | `info.rs` | reading a server's `INFO` (commands, CPU, bytes) and subtracting |
+//! | `cluster.rs` | `--cluster N`: a throwaway Redis Cluster, and what each master did |
 //! | `lock/` | `--scenario lock`: its strategies, worker, report (see `lock/mod.rs`) |
 //! | `seckill/` | `--scenario seckill`: its strategies, worker, report, chart (see `seckill/mod.rs`) |
 //! | `scaling/` | `--scenario scaling`: per-operation Redis costs, and the model of docs/SCALING.md checked against 1..16 worker processes (see `scaling/mod.rs`) |
@@ -37,7 +39,9 @@
 mod support;
 
 mod chart;
+mod cluster;
 mod db;
+mod info;
 mod lock;
 mod report;
 mod scaling;
@@ -140,6 +144,8 @@ const STAMPEDE_ONLY: [&str; 10] = [
 const LOCK_ONLY: [&str; 4] = ["locks", "hold_ms", "think_ms", "count"];
 const SECKILL_ONLY: [&str; 5] = ["stock", "buyers", "max_qty", "watch_retries", "naive_yield"];
 const SCALING_ONLY: [&str; 4] = ["fleet", "runs", "rate", "costs_ops"];
+/// `--cluster`: the stampede and scaling scenarios only.
+const CLUSTER: [&str; 2] = ["cluster", "cluster_replicas"];
 /// What `--scenario scaling` does not take: its workload is fixed but for
 /// keys, rate, TTL, loader time, duration and tasks.
 const NOT_SCALING: [&str; 10] = [
@@ -160,11 +166,11 @@ fn foreign_options(scenario: Scenario) -> Vec<&'static str> {
     let (mut v, extra): (Vec<&str>, &[&str]) = match scenario {
         Scenario::Stampede => ([&LOCK_ONLY[..], &SECKILL_ONLY].concat(), &SCALING_ONLY),
         Scenario::Lock => (
-            [&STAMPEDE_ONLY[..], &SECKILL_ONLY, &SCALING_ONLY].concat(),
+            [&STAMPEDE_ONLY[..], &SECKILL_ONLY, &SCALING_ONLY, &CLUSTER].concat(),
             &["chart"],
         ),
         Scenario::Seckill => (
-            [&STAMPEDE_ONLY[..], &LOCK_ONLY, &SCALING_ONLY].concat(),
+            [&STAMPEDE_ONLY[..], &LOCK_ONLY, &SCALING_ONLY, &CLUSTER].concat(),
             &["duration"],
         ),
         Scenario::Scaling => ([&LOCK_ONLY[..], &SECKILL_ONLY].concat(), &NOT_SCALING),
@@ -328,6 +334,26 @@ struct RunArgs {
     /// [default: 5000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
     costs_ops: Option<u64>,
+    /// Stampede and scaling: run herdcache against a throwaway Redis
+    /// Cluster of this many masters (3 or more: `redis-cli --cluster
+    /// create` wants 3) on loopback ports, and report keys and commands per
+    /// master. The tool's own keys go to a plain throwaway server beside
+    /// it; the single-node baselines (none, naive-lock, local) are skipped.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(3..=16))]
+    cluster: Option<u16>,
+    /// With --cluster: replicas per master [default: 0].
+    #[arg(long, requires = "cluster", value_parser = clap::value_parser!(u16).range(0..=2))]
+    cluster_replicas: Option<u16>,
+}
+
+impl RunArgs {
+    /// `--cluster`, `--cluster-replicas`.
+    fn cluster(&self) -> Option<report::ClusterSetup> {
+        self.cluster.map(|m| report::ClusterSetup {
+            masters: usize::from(m),
+            replicas: usize::from(self.cluster_replicas.unwrap_or(0)),
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -437,6 +463,7 @@ fn run_scaling(a: RunArgs, given: &dyn Fn(&str) -> bool) -> Res<()> {
             duration_ms,
             costs_ops: a.costs_ops.unwrap_or(5_000),
             json: a.json,
+            cluster: a.cluster(),
         },
         &std::env::current_exe()?,
     )
@@ -546,6 +573,26 @@ fn run_stampede(a: RunArgs) -> Res<()> {
     if strategies.is_empty() {
         strategies = Strategy::ALL.to_vec();
     }
+    let cluster_setup = a.cluster();
+    if cluster_setup.is_some() {
+        // The baselines are single-node code (one plain connection, keys
+        // without a shared hash tag): rather than measure them against some
+        // other server, they are left out of a cluster run.
+        let (on, off): (Vec<Strategy>, Vec<Strategy>) = strategies
+            .into_iter()
+            .partition(|s| *s == Strategy::Herdcache);
+        for s in off {
+            eprintln!(
+                "--cluster: skipping {}: a single-node baseline (one plain connection); only \
+                 herdcache runs on the cluster",
+                s.name()
+            );
+        }
+        if on.is_empty() {
+            return Err("--cluster runs herdcache only, and --strategy leaves it out".into());
+        }
+        strategies = on;
+    }
     let settings = Settings {
         mode: if duration_ms.is_some() {
             "steady"
@@ -571,19 +618,46 @@ fn run_stampede(a: RunArgs) -> Res<()> {
             Some(_) => 1_000,
         },
         expected_expiries: duration_ms.map(|d| f64::from(a.keys) * d as f64 / ttl_ms as f64),
+        cluster: cluster_setup,
     };
 
     // Everything we print besides the result goes to stderr, so `--json`
     // output can be piped as is.
-    let (_server, url) = match std::env::var("REDIS_URL") {
-        Ok(url) => (None, url),
-        Err(_) => {
+    let (_server, url, the_cluster) = match (cluster_setup, std::env::var("REDIS_URL")) {
+        (Some(c), env) => {
+            if env.is_ok() {
+                eprintln!("--cluster: REDIS_URL is not used; the cluster is a throwaway one");
+            }
+            // The tool's own keys (ready/go, load counts, reports) on a
+            // plain server beside the cluster: the masters' counters then
+            // hold only the cache's commands.
+            let book = support::RedisServer::start();
+            let cluster = cluster::Cluster::start(c.masters, c.replicas)?;
+            eprintln!(
+                "started a throwaway Redis Cluster of {} masters ({} replicas each): {}; and a \
+                 redis-server for the tool's bookkeeping on {}",
+                c.masters,
+                c.replicas,
+                cluster.url(),
+                book.url()
+            );
+            (Some(book), cluster.url(), Some(cluster))
+        }
+        (None, Ok(url)) => (None, url, None),
+        (None, Err(_)) => {
             let server = support::RedisServer::start();
             let url = server.url();
             eprintln!("started a throwaway redis-server on {url}");
-            (Some(server), url)
+            (Some(server), url, None)
         }
     };
+    // Where the tool's own keys go: the measured Redis unless it is a
+    // cluster.
+    let book_url = the_cluster.as_ref().and(_server.as_ref()).map(|s| s.url());
+    let mut nodes = the_cluster
+        .as_ref()
+        .map(|c| cluster::Nodes::connect(&c.masters, &c.slots))
+        .transpose()?;
     let db = match a.loader {
         LoaderKind::Sqlite => {
             let t = Instant::now();
@@ -604,9 +678,7 @@ fn run_stampede(a: RunArgs) -> Res<()> {
     }
 
     let exe = std::env::current_exe()?;
-    let mut con =
-        redis::Client::open(url.as_str())?.get_connection_with_timeout(Duration::from_secs(5))?;
-    con.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut con = scenario::connect(book_url.as_deref().unwrap_or(&url))?;
     // A unique prefix per run and strategy: each strategy starts from an
     // empty cache, and a shared Redis (REDIS_URL) is never flushed.
     let run_id = format!("lt{:08x}", fastrand::u32(..));
@@ -629,7 +701,7 @@ fn run_stampede(a: RunArgs) -> Res<()> {
             early_refresh_beta: settings.early_refresh_beta,
             duration_ms,
             bucket_ms: settings.bucket_ms,
-            book_url: None,
+            book_url: book_url.clone(),
             rate: None,
         };
         let launch = Launch {
@@ -641,14 +713,16 @@ fn run_stampede(a: RunArgs) -> Res<()> {
             counter_key: format!("{}:loads", spec.run),
             noun: "loader calls",
         };
+        let before = nodes.as_mut().map(|n| n.snap()).transpose()?;
         run_workers(&exe, &mut con, &launch, settings.processes, &mut || Ok(()))?;
-        results.push(report::collect(
-            &mut con,
-            &spec.run,
-            strategy,
-            settings.processes,
-            &settings,
-        )?);
+        let per_master = match (nodes.as_mut(), &before) {
+            (Some(nodes), Some(before)) => Some(nodes.loads(before)?),
+            _ => None,
+        };
+        let mut result =
+            report::collect(&mut con, &spec.run, strategy, settings.processes, &settings)?;
+        result.per_master = per_master;
+        results.push(result);
     }
 
     let report = Report {

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use crate::Res;
+use crate::cluster::NodeLoad;
 use crate::strategies::{LoaderKind, Strategy};
 use crate::worker::{
     Dist, HcStats, WorkerReport, buckets_key, hist_key, new_histogram, report_key,
@@ -36,6 +37,16 @@ pub struct Settings {
     /// Steady mode: keys × duration / ttl, the number of times keys expire
     /// (and so must be reloaded) during the run, approximately.
     pub expected_expiries: Option<f64>,
+    /// `--cluster`: the measured Redis is a throwaway cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSetup>,
+}
+
+/// The shape of a `--cluster` run's cluster.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ClusterSetup {
+    pub masters: usize,
+    pub replicas: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -86,6 +97,9 @@ pub struct StrategyResult {
     /// When key 0 (the hottest) was loaded, in ms since the release: its
     /// expiries, as seen by the callers.
     pub hot_key_loads_ms: Vec<u64>,
+    /// `--cluster`: what each master did over this strategy's run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_master: Option<Vec<NodeLoad>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -194,6 +208,7 @@ pub fn collect(
             })
             .collect(),
         hot_key_loads_ms: total.hot_loads_ms,
+        per_master: None,
     })
 }
 
@@ -244,6 +259,13 @@ pub fn headline(s: &Settings) -> String {
     };
     let stale = match s.early_refresh_beta {
         Some(b) => format!("{stale}, early refresh beta {b} (herdcache only)"),
+        None => stale,
+    };
+    let stale = match s.cluster {
+        Some(c) => format!(
+            "{stale}; Redis Cluster of {} masters, {} replicas each",
+            c.masters, c.replicas
+        ),
         None => stale,
     };
     match s.duration_ms {
@@ -341,6 +363,17 @@ pub fn print_table(report: &Report) {
         }
         for e in &r.error_samples {
             println!("{} error: {e}", r.strategy.name());
+        }
+    }
+    for r in &report.strategies {
+        if let Some(rows) = &r.per_master {
+            println!(
+                "\n{} per master: keys by DBSIZE after the run; commands (INFO commandstats \
+                 calls, all but INFO;\n  a script's inner commands count in it and on their own) \
+                 from the workers' start to their exit",
+                r.strategy.name()
+            );
+            crate::cluster::print_table(rows, false);
         }
     }
 }

@@ -275,7 +275,8 @@ pub enum Client {
 pub struct ClientConfig<'a> {
     pub strategy: Strategy,
     pub redis_url: &'a str,
-    pub con: MultiplexedConnection,
+    /// The baselines' connection; herdcache connects by `redis_url`.
+    pub con: Option<MultiplexedConnection>,
     /// Unique per run and strategy: every strategy starts from an empty
     /// cache without flushing a Redis that may be shared.
     pub prefix: &'a str,
@@ -286,16 +287,19 @@ pub struct ClientConfig<'a> {
 
 impl Client {
     pub async fn connect(c: ClientConfig<'_>) -> Result<Client, String> {
-        let aside = Aside {
-            con: c.con,
-            prefix: c.prefix.to_owned(),
-            ttl: c.ttl,
+        let name = c.strategy.name();
+        let aside = |con: Option<MultiplexedConnection>| {
+            Ok::<_, String>(Aside {
+                con: con.ok_or_else(|| format!("{name} needs a plain Redis connection"))?,
+                prefix: c.prefix.to_owned(),
+                ttl: c.ttl,
+            })
         };
         Ok(match c.strategy {
-            Strategy::None => Client::None(aside),
-            Strategy::NaiveLock => Client::NaiveLock(aside),
+            Strategy::None => Client::None(aside(c.con)?),
+            Strategy::NaiveLock => Client::NaiveLock(aside(c.con)?),
             Strategy::Local => Client::Local {
-                aside,
+                aside: aside(c.con)?,
                 l1: moka::future::Cache::builder()
                     .max_capacity(10_000) // herdcache's default L1 size
                     .expire_after(UntilRedisExpiry {

@@ -241,21 +241,32 @@ struct Shared {
 }
 
 pub async fn run(spec: WorkerSpec, index: usize) -> Result<(), String> {
-    let client_redis =
-        redis::Client::open(spec.redis_url.as_str()).map_err(|e| format!("redis url: {e}"))?;
-    let measured = client_redis
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| format!("connect to redis: {e}"))?;
+    // The baselines' plain connection to the measured Redis. herdcache
+    // makes its own from the URL (which may be a `redis-cluster://` one,
+    // which this plain client cannot open), so it needs none when the
+    // bookkeeping has a Redis of its own.
+    let measured = if spec.strategy == Strategy::Herdcache && spec.book_url.is_some() {
+        None
+    } else {
+        let client_redis =
+            redis::Client::open(spec.redis_url.as_str()).map_err(|e| format!("redis url: {e}"))?;
+        Some(
+            client_redis
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| format!("connect to redis: {e}"))?,
+        )
+    };
     // The bookkeeping connection: the measured one unless a second Redis
     // was given for it.
-    let mut con = match &spec.book_url {
-        None => measured.clone(),
-        Some(url) => redis::Client::open(url.as_str())
+    let mut con = match (&spec.book_url, &measured) {
+        (Some(url), _) => redis::Client::open(url.as_str())
             .map_err(|e| format!("bookkeeping redis url: {e}"))?
             .get_multiplexed_async_connection()
             .await
             .map_err(|e| format!("connect to the bookkeeping redis: {e}"))?,
+        (None, Some(measured)) => measured.clone(),
+        (None, None) => return Err("no Redis for the bookkeeping".into()),
     };
     let client = Client::connect(ClientConfig {
         strategy: spec.strategy,

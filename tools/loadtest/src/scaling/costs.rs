@@ -13,8 +13,8 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::info::{self, Delta};
 use crate::Res;
+use crate::info::{self, Delta};
 use crate::strategies::{LoadError, Product};
 
 /// One operation's cost, per operation.

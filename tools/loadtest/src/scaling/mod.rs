@@ -13,25 +13,29 @@
 //!    beside what the model (`model.rs`) predicts from the costs of step 1
 //!    and the workload. `--runs` rounds, fleet sizes interleaved; the
 //!    table gives medians.
+//! 3. With `--cluster N`, the fleet's Redis is a throwaway cluster of N
+//!    masters instead (`crate::cluster`): the counters are the masters'
+//!    added up, set beside the same model (the costs are still one plain
+//!    node's), and each master's share is printed under the table.
 //!
 //! | file | what it is for |
 //! |---|---|
 //! | `mod.rs` | the run, and the table |
 //! | `costs.rs` | per-operation costs |
 //! | `model.rs` | the model's predictions |
-//! | `info.rs` | reading `INFO` and subtracting |
 
 mod costs;
-mod info;
 mod model;
 
 use serde::Serialize;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::cluster::{self, NodeLoad, Nodes};
+use crate::report::ClusterSetup;
 use crate::strategies::{LoaderKind, Strategy};
 use crate::worker::{Dist, WorkerReport, WorkerSpec, report_key};
-use crate::{Launch, Res, run_workers, scenario, support};
+use crate::{Launch, Res, info, run_workers, scenario, support};
 use costs::Costs;
 use model::{Load, Workload};
 
@@ -46,6 +50,7 @@ pub struct Options {
     pub duration_ms: u64,
     pub costs_ops: u64,
     pub json: bool,
+    pub cluster: Option<ClusterSetup>,
 }
 
 /// One fleet run, measured at the server over the window.
@@ -67,6 +72,10 @@ pub struct Measured {
     pub l1_hit_ratio: f64,
     pub loads: u64,
     pub errors: u64,
+    /// `--cluster`: each master over the window (keys: `DBSIZE` just after
+    /// the run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub masters: Vec<NodeLoad>,
 }
 
 #[derive(Serialize)]
@@ -88,13 +97,25 @@ struct Output<'a> {
 
 pub fn run(o: Options, exe: &Path) -> Res<()> {
     let costs_server = support::RedisServer::start();
-    let fleet_server = support::RedisServer::start();
     let book_server = support::RedisServer::start();
+    // The fleet's Redis: one plain server, or a cluster.
+    let (_fleet_server, fleet_cluster, fleet_url, fleet_nodes, fleet_slots) = match o.cluster {
+        None => {
+            let server = support::RedisServer::start();
+            let url = server.url();
+            (Some(server), None, url.clone(), vec![url], vec![16384])
+        }
+        Some(c) => {
+            let cl = cluster::Cluster::start(c.masters, c.replicas)?;
+            let (url, nodes, slots) = (cl.url(), cl.masters.clone(), cl.slots.clone());
+            (None, Some(cl), url, nodes, slots)
+        }
+    };
     eprintln!(
-        "started three throwaway redis-servers: {} for the per-operation costs, {} for the \
-         fleet, {} for the tool's bookkeeping",
+        "started throwaway servers: {} for the per-operation costs, {} for the fleet, {} for \
+         the tool's bookkeeping",
         costs_server.url(),
-        fleet_server.url(),
+        fleet_url,
         book_server.url()
     );
 
@@ -134,7 +155,7 @@ pub fn run(o: Options, exe: &Path) -> Res<()> {
         for (i, &procs) in o.fleet.iter().enumerate() {
             let run = format!("{run_id}-{round}-{procs}");
             let spec = WorkerSpec {
-                redis_url: fleet_server.url(),
+                redis_url: fleet_url.clone(),
                 run: run.clone(),
                 strategy: Strategy::Herdcache,
                 tasks: o.tasks,
@@ -164,40 +185,41 @@ pub fn run(o: Options, exe: &Path) -> Res<()> {
             };
             // The fleet server's own CPU with no worker running (cron, the
             // keys of earlier runs expiring), for the record.
+            let mut nodes = Nodes::connect(&fleet_nodes, &fleet_slots)?;
             let quiet = {
-                let mut con = scenario::connect(&fleet_server.url())?;
-                let a = info::snap(&mut con)?;
+                let a = nodes.snap()?;
                 std::thread::sleep(Duration::from_millis(1_000));
-                let b = info::snap(&mut con)?;
-                let d = info::delta(&a, &b);
+                let b = nodes.snap()?;
+                let d = sum_deltas(&a, &b);
                 d.cpu_s / d.secs
             };
             // The window is read by a thread of its own, timed from the
             // release (`run_workers` sets it 200 ms after `on_ready`).
-            let url = fleet_server.url();
             let mut reader = None;
             run_workers(exe, &mut book, &launch, procs, &mut || {
                 let go = Instant::now() + Duration::from_millis(200);
-                let url = url.clone();
+                let (urls, slots) = (fleet_nodes.clone(), fleet_slots.clone());
                 reader = Some(std::thread::spawn(
-                    move || -> Result<info::Delta, String> {
-                        let mut con = scenario::connect(&url).map_err(|e| e.to_string())?;
+                    move || -> Result<Vec<info::Delta>, String> {
+                        let mut nodes = Nodes::connect(&urls, &slots).map_err(|e| e.to_string())?;
                         std::thread::sleep(
                             (go + Duration::from_millis(warmup_ms))
                                 .saturating_duration_since(Instant::now()),
                         );
-                        let a = info::snap(&mut con).map_err(|e| e.to_string())?;
+                        let a = nodes.snap().map_err(|e| e.to_string())?;
                         std::thread::sleep(Duration::from_millis(window_ms));
-                        let b = info::snap(&mut con).map_err(|e| e.to_string())?;
-                        Ok(info::delta(&a, &b))
+                        let b = nodes.snap().map_err(|e| e.to_string())?;
+                        Ok(a.iter().zip(&b).map(|(a, b)| info::delta(a, b)).collect())
                     },
                 ));
                 Ok(())
             })?;
-            let d = reader
+            let deltas = reader
                 .ok_or("the window was not read")?
                 .join()
                 .map_err(|_| "the window reader panicked")??;
+            let keys = nodes.keys()?;
+            let d = info::sum(&deltas);
             let mut total = WorkerReport::default();
             let mut hc = crate::worker::HcStats::default();
             for w in 0..procs {
@@ -213,7 +235,8 @@ pub fn run(o: Options, exe: &Path) -> Res<()> {
             }
             let s = d.secs;
             let evalsha = d.calls("evalsha") as f64;
-            let publish = d.calls("publish") as f64;
+            // A fill's notice: `PUBLISH` on one node, `SPUBLISH` on a cluster.
+            let publish = (d.calls("publish") + d.calls("spublish")) as f64;
             let m = Measured {
                 processes: procs,
                 secs: s,
@@ -230,6 +253,11 @@ pub fn run(o: Options, exe: &Path) -> Res<()> {
                 l1_hit_ratio: hc.l1_hits as f64 / (total.requests.max(1)) as f64,
                 loads: hc.loads,
                 errors: total.errors,
+                masters: if fleet_cluster.is_some() {
+                    nodes.node_loads(&deltas, &keys)
+                } else {
+                    Vec::new()
+                },
             };
             if m.errors > 0 {
                 eprintln!("warning: {} failed requests at {procs} processes", m.errors);
@@ -297,7 +325,14 @@ fn median(runs: &[Measured]) -> Measured {
         l1_hit_ratio: f(|m| m.l1_hit_ratio),
         loads: f(|m| m.loads as f64) as u64,
         errors: runs.iter().map(|m| m.errors).sum(),
+        masters: cluster::median(&runs.iter().map(|m| m.masters.clone()).collect::<Vec<_>>()),
     }
+}
+
+/// Every node's counters between two readings, added up.
+fn sum_deltas(a: &[info::Snap], b: &[info::Snap]) -> info::Delta {
+    let deltas: Vec<info::Delta> = a.iter().zip(b).map(|(a, b)| info::delta(a, b)).collect();
+    info::sum(&deltas)
 }
 
 fn print_tables(out: &Output<'_>, o: &Options) {
@@ -347,9 +382,17 @@ fn print_tables(out: &Output<'_>, o: &Options) {
         c.busy.get_us, c.busy.probe_us, c.busy.fill_us, c.busy.delivery_us
     );
     println!();
+    let on = match o.cluster {
+        Some(c) => format!(
+            "on a Redis Cluster of {} masters ({} replicas each; measured: the masters added \
+             up, fills by SPUBLISH)",
+            c.masters, c.replicas
+        ),
+        None => "on one redis-server".to_owned(),
+    };
     println!(
-        "Fleet check: {} keys uniform, {} req/s per process ({} tasks), TTL {} ms, loader {} ms \
-         (sleep), window {:.1} s after a warm-up; medians of {} runs; predicted / measured",
+        "Fleet check {on}: {} keys uniform, {} req/s per process ({} tasks), TTL {} ms, loader \
+         {} ms (sleep), window {:.1} s after a warm-up; medians of {} runs; predicted / measured",
         o.keys, o.rate, o.tasks, o.ttl_ms, o.loader_ms, out.window_s, o.runs
     );
     println!(
@@ -387,5 +430,15 @@ fn print_tables(out: &Output<'_>, o: &Options) {
             p.out_bytes / 1e3,
             m.out_bytes / 1e3
         );
+    }
+    for r in &out.rows {
+        if !r.measured.masters.is_empty() {
+            println!(
+                "\n{} processes, per master over the window (medians; keys: DBSIZE just after \
+                 the run):",
+                r.processes
+            );
+            cluster::print_table(&r.measured.masters, true);
+        }
     }
 }
