@@ -10,9 +10,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::Error;
@@ -28,8 +28,15 @@ pub(crate) const POLL_MAX: Duration = Duration::from_millis(250);
 /// until its lock is released in Redis, so the next local waiter starts
 /// only then.
 pub(crate) struct Turn {
-    _permit: OwnedSemaphorePermit,
+    /// Holds the name's one permit (taken and forgotten; given back when
+    /// the turn is dropped).
     queue: QueueRef,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.queue.queue.permit.add_permits(1);
+    }
 }
 
 impl Turn {
@@ -63,11 +70,8 @@ pub(crate) struct Pacing<'a> {
 impl QueueRef {
     /// The turn, if nobody in this process holds or awaits the name.
     pub(crate) fn try_turn(self) -> Option<Turn> {
-        let permit = self.queue.permit.clone().try_acquire_owned().ok()?;
-        Some(Turn {
-            _permit: permit,
-            queue: self,
-        })
+        self.queue.permit.try_acquire().ok()?.forget();
+        Some(Turn { queue: self })
     }
 
     /// Waits for this process's turn (FIFO), then for the lock: `attempt`
@@ -87,31 +91,31 @@ impl QueueRef {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Attempt<T>, Error>>,
     {
-        let permit = self.queue.permit.clone().acquire_owned();
-        let permit = match deadline {
-            Some(d) => tokio::time::timeout_at(d, permit)
-                .await
-                .map_err(|_| timed_out())?,
-            None => permit.await,
+        {
+            let permit = self.queue.permit.acquire();
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, permit)
+                    .await
+                    .map_err(|_| timed_out())?,
+                None => permit.await,
+            }
+            .expect("the queue's semaphore is never closed")
+            .forget();
         }
-        .expect("the queue's semaphore is never closed");
-        let wake_on = self.queue.wake.clone();
+        // From here on the permit is ours: a `Turn` gives it back, also
+        // when this future is dropped or fails.
+        let turn = Turn { queue: self };
+        let queue = turn.queue.queue.clone();
         let mut poll = POLL_MIN;
         loop {
-            let wake = wake_on.notify.notified();
+            let wake = queue.notify.notified();
             tokio::pin!(wake);
             wake.as_mut().enable();
             let pttl = match attempt().await? {
-                Attempt::Taken(taken) => {
-                    let turn = Turn {
-                        _permit: permit,
-                        queue: self,
-                    };
-                    return Ok((taken, turn));
-                }
+                Attempt::Taken(taken) => return Ok((taken, turn)),
                 Attempt::Held { pttl } => pttl,
             };
-            if self.queue.listen(pacing.links, pacing.channel).await {
+            if queue.listen(pacing.links, pacing.channel).await {
                 continue;
             }
             let jitter = if pacing.jitter {
@@ -140,7 +144,9 @@ impl QueueRef {
 /// renewer of their leases.
 #[derive(Default)]
 pub(crate) struct Queues {
-    map: Mutex<HashMap<Arc<str>, Arc<NameQueue>>>,
+    /// foldhash (seeded per process), as the cache's L1: SipHash cost more
+    /// than the rest of the map's work for a short name.
+    map: Mutex<HashMap<Arc<str>, Arc<NameQueue>, foldhash::fast::RandomState>>,
     renewer: Arc<Renewer>,
 }
 
@@ -153,8 +159,9 @@ impl Drop for Queues {
 
 pub(crate) struct NameQueue {
     /// One permit: the head of the local queue, or the local holder.
-    pub(crate) permit: Arc<Semaphore>,
-    pub(crate) wake: Arc<Wake>,
+    permit: Semaphore,
+    /// Wakes the head of the queue (see [`Wake`]).
+    notify: Notify,
     /// Our place on the lock's channel, once the head has had to wait (an
     /// uncontended acquire subscribes to nothing). One per connection: a
     /// Redlock listens on every master.
@@ -162,23 +169,31 @@ pub(crate) struct NameQueue {
 }
 
 /// Wakes the head of the queue: on a release notice, and when a connection
-/// is lost or replaced (a notice may have been lost with it).
-#[derive(Default)]
-pub(crate) struct Wake {
-    pub(crate) notify: Notify,
+/// is lost or replaced (a notice may have been lost with it). Made only
+/// when the head first has to wait (an uncontended acquire allocates none),
+/// and weak: the router keeps it while subscribed, and must not keep the
+/// queue (whose drop is what unsubscribes).
+struct Wake(Weak<NameQueue>);
+
+impl Wake {
+    fn wake(&self) {
+        if let Some(queue) = self.0.upgrade() {
+            queue.notify.notify_waiters();
+        }
+    }
 }
 
 impl Listener for Wake {
     fn message(&self, _payload: &[u8], _serial: u64) {
-        self.notify.notify_waiters();
+        self.wake();
     }
 
     fn lost(&self) {
-        self.notify.notify_waiters();
+        self.wake();
     }
 
     fn reconnected(&self) {
-        self.notify.notify_waiters();
+        self.wake();
     }
 }
 
@@ -190,15 +205,16 @@ pub(crate) struct QueueRef {
 }
 
 impl Queues {
-    pub(crate) fn enter(self: &Arc<Self>, name: &str) -> QueueRef {
+    /// `name` is the lock handle's own: entering clones it, no new string.
+    pub(crate) fn enter(self: &Arc<Self>, name: &Arc<str>) -> QueueRef {
         let mut map = self.map.lock().expect("lock queues");
-        let (name, queue) = match map.get_key_value(name) {
+        let (name, queue) = match map.get_key_value(&**name) {
             Some((n, q)) => (n.clone(), q.clone()),
             None => {
-                let name: Arc<str> = name.into();
+                let name = name.clone();
                 let queue = Arc::new(NameQueue {
-                    permit: Arc::new(Semaphore::new(1)),
-                    wake: Arc::default(),
+                    permit: Semaphore::new(1),
+                    notify: Notify::new(),
                     listening: tokio::sync::Mutex::new(Vec::new()),
                 });
                 map.insert(name.clone(), queue.clone());
@@ -233,15 +249,16 @@ impl NameQueue {
     /// if it was done now (the caller must then re-check the lock before
     /// waiting: a release between its last check and the subscription
     /// would otherwise be missed).
-    pub(crate) async fn listen(&self, links: &[&Arc<Link>], channel: &str) -> bool {
+    pub(crate) async fn listen(self: &Arc<Self>, links: &[&Arc<Link>], channel: &str) -> bool {
         let mut listening = self.listening.lock().await;
         if !listening.is_empty() {
             return false;
         }
+        let wake = Arc::new(Wake(Arc::downgrade(self)));
         for link in links {
             // An error (no connection) is fine: the next connection
             // subscribes, and the fallback poll covers the gap.
-            let (place, _) = link.listen(channel, self.wake.clone()).await;
+            let (place, _) = link.listen(channel, wake.clone()).await;
             listening.push(place);
         }
         true
@@ -255,8 +272,9 @@ mod tests {
     #[test]
     fn a_name_lives_while_someone_is_interested() {
         let queues = Arc::new(Queues::default());
-        let a = queues.enter("x");
-        let b = queues.enter("x");
+        let x: Arc<str> = "x".into();
+        let a = queues.enter(&x);
+        let b = queues.enter(&x);
         assert!(Arc::ptr_eq(&a.queue, &b.queue));
         drop(a);
         assert_eq!(queues.len(), 1);

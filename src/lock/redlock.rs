@@ -182,9 +182,19 @@ impl Holder for Majority {
     }
 
     async fn release(&self) -> Result<bool, Error> {
-        let calls = self.masters.iter().map(|m| async {
-            let cmd = release_cmd(&m.server, &self.keys, &self.token);
-            m.server.eval::<i64>(&RELEASE, &cmd).await
+        // One command for every master that publishes with the first's
+        // verb (all of them, unless Cluster and single nodes are mixed).
+        let first = &self.masters[0].server;
+        let shared = release_cmd(first, &self.keys, &self.token);
+        let shared = &shared;
+        let calls = self.masters.iter().map(|m| async move {
+            let server = &m.server;
+            if server.publish_verb() == first.publish_verb() {
+                server.eval::<i64>(&RELEASE, shared).await
+            } else {
+                let own = release_cmd(server, &self.keys, &self.token);
+                server.eval::<i64>(&RELEASE, &own).await
+            }
         });
         let answers = futures_util::future::join_all(calls).await;
         let released = answers.iter().filter(|a| matches!(a, Ok(1))).count();
