@@ -245,7 +245,9 @@ pub fn run(o: Options, exe: &Path) -> Res<()> {
                 probes: (evalsha - publish) / s,
                 // Each script reads one key with GET inside.
                 gets: (d.calls("get") as f64 - evalsha) / s,
-                pings: d.calls("ping") as f64 / s,
+                // herdcache's heartbeat: `PING` on one node, `CLUSTER
+                // SLOTS` on a cluster (it compares the slot map).
+                pings: (d.calls("ping") + d.calls("cluster|slots")) as f64 / s,
                 commands: d.cmds.values().map(|c| c.0).sum::<u64>() as f64 / s,
                 cpu: d.cpu_s / s,
                 quiet_cpu: quiet,
@@ -385,7 +387,7 @@ fn print_tables(out: &Output<'_>, o: &Options) {
     let on = match o.cluster {
         Some(c) => format!(
             "on a Redis Cluster of {} masters ({} replicas each; measured: the masters added \
-             up, fills by SPUBLISH)",
+             up, fills by SPUBLISH, the heartbeat's CLUSTER SLOTS as PING/s)",
             c.masters, c.replicas
         ),
         None => "on one redis-server".to_owned(),
