@@ -10,6 +10,7 @@
 //! cargo run --release -p herdcache-loadtest -- --scenario lock # locks: sections/s, hand-off latency
 //! cargo run --release -p herdcache-loadtest -- --scenario seckill --chart sale.svg # flash sale: oversold, orders, accepted/s
 //! cargo run --release -p herdcache-loadtest -- --scenario scaling # Redis cost per operation; model vs 1..16 processes
+//! cargo run --release -p herdcache-loadtest -- --cluster 3 --keys 1000 --duration 10s # herdcache on a 3-master cluster; keys and commands per master
 //! ```
 //!
 //! The parent process starts a throwaway `redis-server` (unless `REDIS_URL`
