@@ -65,8 +65,7 @@ const RAW_RELEASE: &str =
 /// compare-and-delete, and the notice only if a waiter marked the name.
 const PUBLISHING_RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-if redis.call('DEL', KEYS[2]) == 1 then redis.call(ARGV[4], ARGV[2], ARGV[3]) end
+if redis.call('DEL', KEYS[1], KEYS[2]) == 2 then redis.call(ARGV[4], ARGV[2], ARGV[3]) end
 return 1
 ";
 

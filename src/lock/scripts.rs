@@ -113,7 +113,9 @@ return math.max(redis.call('PTTL', KEYS[1]), 0)
 });
 
 /// Compare-and-delete release that publishes the notice only if a waiter
-/// marked the name (see the module docs). Never a plain `DEL`: a lock that
+/// marked the name (see the module docs): one `DEL` of the lock and the
+/// marker, which counts 2 when there was a marker (the lock is there: its
+/// token was just read), one `redis.call` less than a separate check. Never a plain `DEL`: a lock that
 /// expired and was taken by someone else must not be freed by us.
 /// KEYS: lock, waiter marker. ARGV: token, channel, notice, publish
 /// command (`PUBLISH`, or `SPUBLISH` on a Cluster: see
@@ -122,8 +124,7 @@ pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-if redis.call('DEL', KEYS[2]) == 1 then redis.call(ARGV[4], ARGV[2], ARGV[3]) end
+if redis.call('DEL', KEYS[1], KEYS[2]) == 2 then redis.call(ARGV[4], ARGV[2], ARGV[3]) end
 return 1
 ",
     )
