@@ -412,3 +412,37 @@ async fn acquire_fails_fast_while_redis_is_down_and_works_when_it_is_back() {
         }
     }
 }
+
+/// The leases of a client are renewed by one task, started by the client's
+/// first lease on that lease's runtime. When that runtime is gone, the next
+/// lease starts it again on its own: a short lease is still renewed.
+#[test]
+fn leases_are_renewed_after_the_runtime_of_the_first_lease_is_gone() {
+    let redis = RedisServer::start();
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = main.block_on(client(&redis));
+    let other = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    other.block_on(async {
+        let g = client.lock("first").acquire().await.unwrap();
+        g.release().await.unwrap();
+    });
+    drop(other);
+    main.block_on(async {
+        let guard = client
+            .lock("second")
+            .lease(Duration::from_millis(90))
+            .acquire()
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(guard.is_held(), "a 90 ms lease not renewed for 400 ms");
+        assert!(guard.release().await.unwrap(), "the lock ran out");
+    });
+}

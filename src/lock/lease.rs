@@ -23,7 +23,10 @@
 //! `current_thread` runtime and ~8.5 µs on `multi_thread` (the spawn woke
 //! the idle worker): more than the rest of the client's work. A renewal
 //! that is due runs in a task of its own, so one slow Redis answer delays
-//! no other lease.
+//! no other lease. The renewer's task runs on the runtime of the client's
+//! first lease (as the connection's own tasks run on the runtime that made
+//! the client); if that runtime shuts down, the next lease starts a new
+//! one on its own runtime.
 
 use std::collections::BinaryHeap;
 use std::future::Future;
@@ -244,6 +247,9 @@ impl Renewer {
         if !timers.running {
             timers.running = true;
             timers.until = None;
+            drop(timers);
+            // Spawned with the mutex released: a runtime that is shutting
+            // down drops the task at once, and `Running` takes the mutex.
             tokio::spawn(run(Running(self.clone())));
         } else if timers.until.is_none_or(|until| at < until) {
             // Due before the task's wake-up: tell it (a permit is kept if
