@@ -9,7 +9,7 @@ use herdcache::Client;
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{RedisServer, lock_worker_bin, percentile};
+use support::{RedisCluster, RedisServer, lock_worker_bin, percentile};
 
 /// The worker processes of one test; killed (by PID, ours) on drop.
 struct Workers {
@@ -76,10 +76,29 @@ fn parse_write(line: &str) -> Write {
 fn mutual_exclusion_and_fencing_across_processes_with_faults() {
     let lock_redis = RedisServer::start();
     let log_redis = RedisServer::start();
+    exclusion_with_faults(&lock_redis.url(), &log_redis, 5_000);
+}
+
+/// The same on a Redis Cluster (3 masters + 3 replicas), with the lock
+/// names `m0`..`m2` on at least two masters.
+#[test]
+fn mutual_exclusion_and_fencing_on_a_cluster() {
+    let cluster = RedisCluster::start(3, 1);
+    let log_redis = RedisServer::start();
+    let masters: std::collections::HashSet<usize> = (0..3)
+        .map(|i| cluster.master_of(&format!("m{i}")))
+        .collect();
+    assert!(masters.len() >= 2, "lock names on one master only");
+    exclusion_with_faults(&cluster.url(), &log_redis, 3_000);
+}
+
+/// 4 worker processes on the locks at `lock_url`, records on `log_redis`,
+/// faults until `target` acquisitions; then the history is judged.
+fn exclusion_with_faults(lock_url: &str, log_redis: &RedisServer, target: u64) {
     let lease_ms = 150;
     let args = vec![
         "exclusion".to_owned(),
-        lock_redis.url(),
+        lock_url.to_owned(),
         log_redis.url(),
         "8".to_owned(),
         "3".to_owned(),
@@ -101,7 +120,7 @@ fn mutual_exclusion_and_fencing_across_processes_with_faults() {
             .query::<Option<u64>>(&mut log)
             .unwrap()
             .unwrap_or(0);
-        if acquired >= 5_000 || started.elapsed() > Duration::from_secs(90) {
+        if acquired >= target || started.elapsed() > Duration::from_secs(90) {
             break;
         }
         // Stop one worker for longer than a lease, then resume it: its
@@ -194,7 +213,7 @@ fn mutual_exclusion_and_fencing_across_processes_with_faults() {
         writes.len(),
         started.elapsed()
     );
-    assert!(acquired >= 5_000, "only {acquired} acquisitions");
+    assert!(acquired >= target, "only {acquired} acquisitions");
     assert_eq!(overlaps, 0, "overlapping holds");
     assert_eq!(token_inversions, 0, "tokens not increasing in hold order");
     assert_eq!(stale_accepted, 0, "a stale-token write was accepted");
