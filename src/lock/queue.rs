@@ -115,7 +115,11 @@ impl QueueRef {
                 Attempt::Taken(taken) => return Ok((taken, turn)),
                 Attempt::Held { pttl } => pttl,
             };
-            if queue.listen(pacing.links, pacing.channel).await {
+            // The waiting path is boxed: an uncontended acquisition never
+            // takes it, and laid out inline its subscription and timers
+            // made every acquisition's future (moved, and zeroed, on each
+            // call) kilobytes larger.
+            if Box::pin(queue.listen(pacing.links, pacing.channel)).await {
                 continue;
             }
             let jitter = if pacing.jitter {
@@ -131,10 +135,16 @@ impl QueueRef {
             };
             poll = (poll * 2).min(POLL_MAX);
             let deadline = deadline.unwrap_or(Instant::now() + Duration::from_secs(86_400 * 365));
-            tokio::select! {
-                _ = &mut wake => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = tokio::time::sleep_until(deadline) => return Err(timed_out()),
+            let late = Box::pin(async {
+                tokio::select! {
+                    _ = &mut wake => false,
+                    _ = tokio::time::sleep(wait) => false,
+                    _ = tokio::time::sleep_until(deadline) => true,
+                }
+            })
+            .await;
+            if late {
+                return Err(timed_out());
             }
         }
     }

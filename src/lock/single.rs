@@ -345,7 +345,9 @@ impl Lock {
             single: Some((server, keys, token)),
         };
         let tried = if server.link.sharded() {
-            self.acquire_script(keys, token, waits).await
+            // Boxed, as the cold paths below: the hot path's future stays
+            // small.
+            Box::pin(self.acquire_script(keys, token, waits)).await
         } else {
             self.acquire_multi(keys, token, waits).await
         };
@@ -432,7 +434,7 @@ impl Lock {
                 .arg(&keys.fence)
                 .arg(token.as_bytes())
                 .arg(ms(FENCE_TTL.max(self.lease)));
-            let fence: i64 = server.eval(&FENCE_START, &cmd).await?;
+            let fence: i64 = Box::pin(server.eval(&FENCE_START, &cmd)).await?;
             // 0: the lease ran out between the two (a stall of a whole
             // lease): not ours, try again.
             return Ok(if fence > 0 {
@@ -446,7 +448,9 @@ impl Lock {
         }
         let mut cmd = script_cmd(&MARK_WAITER, 2, 3, 2 * keys.lock.len() + 24);
         cmd.arg(&keys.lock).arg(&keys.waiters).arg(ms(WAITER_TTL));
-        Ok(Tried::Held(server.eval(&MARK_WAITER, &cmd).await?))
+        Ok(Tried::Held(
+            Box::pin(server.eval(&MARK_WAITER, &cmd)).await?,
+        ))
     }
 
     fn guard(
