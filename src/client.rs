@@ -31,6 +31,8 @@ pub struct Client {
     pub(crate) server: Arc<Server>,
     /// The lock names some task of this process acquires or holds.
     pub(crate) locks: Arc<Queues>,
+    /// Which lock names' fence counters were floored on which connection.
+    pub(crate) fence_floors: Arc<crate::lock::floor::Floors>,
 }
 
 impl std::fmt::Debug for Client {
@@ -421,6 +423,7 @@ impl ClientBuilder {
         Ok(Client {
             server,
             locks: Arc::default(),
+            fence_floors: Arc::default(),
         })
     }
 }

@@ -41,12 +41,15 @@ impl Token {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct LockKeys {
     pub(crate) lock: String,
     pub(crate) fence: String,
     pub(crate) waiters: String,
     pub(crate) channel: String,
+    /// The connection on which this handle last floored the fence counter
+    /// (`lock/floor.rs`).
+    pub(crate) floored: std::sync::atomic::AtomicU64,
 }
 
 impl LockKeys {
@@ -57,6 +60,7 @@ impl LockKeys {
             fence: format!("{lock}:f"),
             waiters: format!("{lock}:w"),
             channel: format!("{lock}:ch"),
+            floored: std::sync::atomic::AtomicU64::new(crate::lock::floor::NEVER),
             lock,
         })
     }

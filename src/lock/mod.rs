@@ -10,6 +10,7 @@
 //! | `lease.rs` | a held lease: one renewer per client (a timer queue, not a task per lease), `lost()`, release on drop |
 //! | `queue.rs` | the waiters of one name in one process: FIFO, one contender in Redis, one subscription |
 //! | `keys.rs` | `hc:lk:{<name>}` keys and channel; name checks; the holder's token |
+//! | `floor.rs` | the fencing token across a failover: the counter floored at the server clock on each new connection |
 //! | `scripts.rs` | acquire-and-fence, a Redlock master's acquire, and the release that publishes only when someone waits (the waiter marker) |
 //!
 //! # What the patterns users copy get wrong, and the line that answers each
@@ -33,6 +34,7 @@
 //! floored by the server clock), but two holders may overlap until the old
 //! one's lease ends; that is what fencing is for.
 
+pub(crate) mod floor;
 pub(crate) mod keys;
 pub(crate) mod lease;
 pub(crate) mod queue;

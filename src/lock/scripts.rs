@@ -45,18 +45,25 @@ use std::sync::LazyLock;
 /// `SET`: the rest is one `INCR` (the earlier read-compare-write of the
 /// fence key cost Redis ~3.7 µs per acquisition).
 ///
+/// With the floor flag (the first acquisition of the name on a new
+/// connection, `lock/floor.rs`), the counter is also raised to the clock
+/// if it is below it: a promoted replica may have lost its last increments.
+///
 /// KEYS: lock, fence, waiter marker. ARGV: token, lease ms, fence key ttl
-/// ms, waiter marker ttl ms (0: none).
+/// ms, waiter marker ttl ms (0: none), floor (`1` or `0`).
 /// Returns `{1, fence}` if taken, else `{0, pttl}` (the holder's remaining ms).
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local fence = redis.call('INCR', KEYS[2])
-  if fence == 1 then
+  if fence < 1000000000000000 or ARGV[5] == '1' then
     local t = redis.call('TIME')
-    fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    redis.call('SET', KEYS[2], string.format('%d', fence), 'PX', ARGV[3])
+    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    if now > fence then
+      fence = now
+      redis.call('SET', KEYS[2], string.format('%d', fence), 'PX', ARGV[3])
+    end
   end
   return {1, fence}
 end
@@ -80,18 +87,22 @@ pub(crate) const CLOCK_STARTED: u64 = 1_000_000_000_000_000;
 /// is above every earlier holder's. (The multi-command acquisition cannot
 /// branch on the counter, hence this second round trip, paid only by the
 /// first acquisition of a counter.)
-/// KEYS: lock, fence. ARGV: token, fence key ttl ms. Returns the fence, or
-/// 0 if the lock is no longer ours.
+/// With the floor flag (the first acquisition of the name on a new
+/// connection, `lock/floor.rs`), a started counter below the clock is
+/// raised to it too.
+/// KEYS: lock, fence. ARGV: token, fence key ttl ms, floor (`1` or `0`).
+/// Returns the fence, or 0 if the lock is no longer ours.
 pub(crate) static FENCE_START: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local f = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-if f >= 1000000000000000 then return redis.call('INCR', KEYS[2]) end
+if f >= 1000000000000000 and ARGV[3] ~= '1' then return redis.call('INCR', KEYS[2]) end
 local t = redis.call('TIME')
-f = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('SET', KEYS[2], string.format('%d', f), 'PX', ARGV[2])
-return f
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if now <= f then return redis.call('INCR', KEYS[2]) end
+redis.call('SET', KEYS[2], string.format('%d', now), 'PX', ARGV[2])
+return now
 ",
     )
 });

@@ -344,14 +344,22 @@ impl Lock {
         let mut in_flight = InFlight {
             single: Some((server, keys, token)),
         };
+        // The first acquisition of this name on this connection floors the
+        // fence counter at the server clock (`lock/floor.rs`).
+        let serial = server.link.serial().unwrap_or(crate::lock::floor::NEVER);
+        let floors = &self.client.fence_floors;
+        let floor = floors.needed(&self.name, &keys.floored, serial);
         let tried = if server.link.sharded() {
             // Boxed, as the cold paths below: the hot path's future stays
             // small.
-            Box::pin(self.acquire_script(keys, token, waits)).await
+            Box::pin(self.acquire_script(keys, token, waits, floor)).await
         } else {
-            self.acquire_multi(keys, token, waits).await
+            self.acquire_multi(keys, token, waits, floor).await
         };
         in_flight.single = None;
+        if floor && matches!(tried, Ok(Tried::Taken(_))) {
+            floors.done(&self.name, &keys.floored, serial);
+        }
         match tried.map_err(|e| Error::redis("acquire lock", e))? {
             Tried::Taken(fence) => Ok(Attempt::Taken((fence, sent))),
             Tried::Held(pttl) => Ok(Attempt::Held {
@@ -367,15 +375,17 @@ impl Lock {
         keys: &LockKeys,
         token: Token,
         waits: bool,
+        floor: bool,
     ) -> RedisResult<Tried> {
-        let mut cmd = script_cmd(&ACQUIRE, 3, 7, 3 * keys.lock.len() + 80);
+        let mut cmd = script_cmd(&ACQUIRE, 3, 8, 3 * keys.lock.len() + 80);
         cmd.arg(&keys.lock)
             .arg(&keys.fence)
             .arg(&keys.waiters)
             .arg(token.as_bytes())
             .arg(ms(self.lease))
             .arg(ms(FENCE_TTL.max(self.lease)))
-            .arg(if waits { ms(WAITER_TTL) } else { 0 });
+            .arg(if waits { ms(WAITER_TTL) } else { 0 })
+            .arg(if floor { "1" } else { "0" });
         let reply = self.client.server.eval::<Value>(&ACQUIRE, &cmd).await?;
         if let Value::Array(items) = &reply {
             match items.as_slice() {
@@ -394,6 +404,7 @@ impl Lock {
         keys: &LockKeys,
         token: Token,
         waits: bool,
+        floor: bool,
     ) -> RedisResult<Tried> {
         let server = &self.client.server;
         let mut pipe = redis::pipe();
@@ -426,14 +437,15 @@ impl Lock {
             })
             .await?;
         if taken {
-            if count as u64 >= CLOCK_STARTED {
+            if count as u64 >= CLOCK_STARTED && !floor {
                 return Ok(Tried::Taken(count as u64));
             }
-            let mut cmd = script_cmd(&FENCE_START, 2, 4, 2 * keys.lock.len() + 48);
+            let mut cmd = script_cmd(&FENCE_START, 2, 5, 2 * keys.lock.len() + 48);
             cmd.arg(&keys.lock)
                 .arg(&keys.fence)
                 .arg(token.as_bytes())
-                .arg(ms(FENCE_TTL.max(self.lease)));
+                .arg(ms(FENCE_TTL.max(self.lease)))
+                .arg(if floor { "1" } else { "0" });
             let fence: i64 = Box::pin(server.eval(&FENCE_START, &cmd)).await?;
             // 0: the lease ran out between the two (a stall of a whole
             // lease): not ours, try again.

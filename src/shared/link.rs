@@ -484,6 +484,11 @@ impl Link {
         Ok(())
     }
 
+    /// The current connection's serial, if there is one.
+    pub(crate) fn serial(&self) -> Option<u64> {
+        self.current.load().as_ref().map(|live| live.serial)
+    }
+
     /// The current connection, or a `NotConnected` error at once.
     pub(crate) fn get(&self) -> RedisResult<Conn> {
         match &*self.current.load() {
