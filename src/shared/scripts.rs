@@ -10,8 +10,8 @@ use std::sync::LazyLock;
 
 /// `SET lock token NX PX ttl`, answering the holder's remaining time when it
 /// is taken: the cache's rebuild lock when a value is there but unusable
-/// (the read-or-lock probe would return the bytes instead), and each
-/// master's lock of a Redlock.
+/// (the read-or-lock probe would return the bytes instead). (A Redlock
+/// sends each master a plain `SET NX PX`: `lock/redlock.rs`.)
 /// KEYS: lock. ARGV: token, lock ttl ms.
 /// Returns -1 if acquired, else the holder's remaining ms (>= 0).
 pub(crate) static TRY_LOCK: LazyLock<Script> = LazyLock::new(|| {
