@@ -192,6 +192,24 @@ async fn l2_hits(c: &Cache<Product>, ops: u64, tasks: u64) -> Res<()> {
     Ok(())
 }
 
+/// Runs `op` (`n` operations) between two `INFO` snapshots of `con`, and
+/// records its cost as row `name`.
+async fn measured(
+    con: &mut redis::Connection,
+    rows: &mut Vec<Cost>,
+    name: &'static str,
+    what: &'static str,
+    n: u64,
+    op: impl std::future::Future<Output = Res<()>>,
+) -> Res<Cost> {
+    let a = info::snap(con)?;
+    op.await?;
+    let b = info::snap(con)?;
+    let cost = Cost::from_delta(name, what, n, &info::delta(&a, &b));
+    rows.push(cost.clone());
+    Ok(cost)
+}
+
 /// Measures every operation `ops` times against `url` (a server nobody
 /// else uses), with `subscribers` extra subscribed processes' worth of
 /// connections for the delivery cost.
@@ -204,72 +222,66 @@ pub async fn measure(url: &str, ops: u64, subscribers: usize) -> Res<Costs> {
     for t in 0..BUSY {
         hc(l2.set(format!("k{t}"), product(1)).await)?;
     }
-    let a = info::snap(&mut con)?;
-    l2_hits(&l2, ops, 1).await?;
-    let b = info::snap(&mut con)?;
-    let get = Cost::from_delta(
+    let get = measured(
+        &mut con,
+        &mut rows,
         "l2_hit",
         "get_or_compute, L1 off, value in Redis: one GET",
         ops,
-        &info::delta(&a, &b),
-    );
-    rows.push(get.clone());
-    let a = info::snap(&mut con)?;
-    l2_hits(&l2, ops, BUSY).await?;
-    let b = info::snap(&mut con)?;
-    let get_busy = Cost::from_delta(
+        l2_hits(&l2, ops, 1),
+    )
+    .await?;
+    let get_busy = measured(
+        &mut con,
+        &mut rows,
         "l2_hit_64",
         "the same, 64 tasks in flight on the connection, a key each",
         ops.div_ceil(BUSY) * BUSY,
-        &info::delta(&a, &b),
-    );
-    rows.push(get_busy.clone());
+        l2_hits(&l2, ops, BUSY),
+    )
+    .await?;
 
     // set: the SET_VOIDING script (SET, DEL, PUBLISH), delivered to itself.
     let s = cache(url, "costs-set", true).await?;
-    let a = info::snap(&mut con)?;
-    sets(&s, "s", ops, 1).await?;
-    let b = info::snap(&mut con)?;
-    let set = Cost::from_delta(
+    let set = measured(
+        &mut con,
+        &mut rows,
         "set",
         "set of a new key: one script (SET, DEL, PUBLISH), 1 subscriber",
         ops,
-        &info::delta(&a, &b),
-    );
-    rows.push(set.clone());
-    let a = info::snap(&mut con)?;
-    sets(&s, "b", ops, BUSY).await?;
-    let b = info::snap(&mut con)?;
-    let set_busy = Cost::from_delta(
+        sets(&s, "s", ops, 1),
+    )
+    .await?;
+    let set_busy = measured(
+        &mut con,
+        &mut rows,
         "set_64",
         "the same, 64 tasks",
         ops.div_ceil(BUSY) * BUSY,
-        &info::delta(&a, &b),
-    );
-    rows.push(set_busy.clone());
+        sets(&s, "b", ops, BUSY),
+    )
+    .await?;
 
     // Misses, with the cache itself as the only subscriber.
     let m = cache(url, "costs-miss", true).await?;
-    let a = info::snap(&mut con)?;
-    misses(&m, "m", ops, 1).await?;
-    let b = info::snap(&mut con)?;
-    let miss = Cost::from_delta(
+    let miss = measured(
+        &mut con,
+        &mut rows,
         "miss",
         "cold miss: GET, probe script, load, fill script (PUBLISH), 1 subscriber",
         ops,
-        &info::delta(&a, &b),
-    );
-    rows.push(miss.clone());
-    let a = info::snap(&mut con)?;
-    misses(&m, "b", ops, BUSY).await?;
-    let b = info::snap(&mut con)?;
-    let miss_busy = Cost::from_delta(
+        misses(&m, "m", ops, 1),
+    )
+    .await?;
+    let miss_busy = measured(
+        &mut con,
+        &mut rows,
         "miss_64",
         "the same, 64 tasks",
         ops.div_ceil(BUSY) * BUSY,
-        &info::delta(&a, &b),
-    );
-    rows.push(miss_busy.clone());
+        misses(&m, "b", ops, BUSY),
+    )
+    .await?;
 
     // The same with `subscribers` more caches of the namespace listening.
     let fan = cache(url, "costs-fan", true).await?;
@@ -277,26 +289,24 @@ pub async fn measure(url: &str, ops: u64, subscribers: usize) -> Res<Costs> {
     for _ in 0..subscribers {
         others.push(cache(url, "costs-fan", true).await?);
     }
-    let a = info::snap(&mut con)?;
-    misses(&fan, "m", ops, 1).await?;
-    let b = info::snap(&mut con)?;
-    let fanned = Cost::from_delta(
+    let fanned = measured(
+        &mut con,
+        &mut rows,
         "miss_fanned",
         "miss with 16 more subscribed caches (see delivery)",
         ops,
-        &info::delta(&a, &b),
-    );
-    rows.push(fanned.clone());
-    let a = info::snap(&mut con)?;
-    misses(&fan, "b", ops, BUSY).await?;
-    let b = info::snap(&mut con)?;
-    let fanned_busy = Cost::from_delta(
+        misses(&fan, "m", ops, 1),
+    )
+    .await?;
+    let fanned_busy = measured(
+        &mut con,
+        &mut rows,
         "miss_fan_64",
         "the same, 64 tasks",
         ops.div_ceil(BUSY) * BUSY,
-        &info::delta(&a, &b),
-    );
-    rows.push(fanned_busy.clone());
+        misses(&fan, "b", ops, BUSY),
+    )
+    .await?;
     let k = subscribers.max(1) as f64;
     let delivery_us = (fanned.cpu_us - miss.cpu_us) / k;
     let delivery_bytes = (fanned.out_bytes - miss.out_bytes) / k;
