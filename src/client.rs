@@ -74,7 +74,10 @@ pub(crate) const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_millis(250)
 
 impl Client {
     /// Connects to the Redis at `url` (`redis://[user:password@]host:port/db`)
-    /// with the default settings. Redis 6 or newer (RESP3).
+    /// with the default settings. Redis 6 or newer (RESP3). A node of a
+    /// Redis Cluster is found out (`CLUSTER SLOTS`) and used as the seed of a
+    /// Cluster client, as [`Client::cluster`] would; a
+    /// `redis-cluster://h:p,h:p` URL names the seeds at once.
     ///
     /// # Errors
     /// [`ErrorKind::Config`] for a URL that does not parse;
@@ -313,6 +316,20 @@ impl ClientBuilder {
             redis::Client::open(info.set_redis_settings(settings))
                 .map_err(|e| Error::with_source(ErrorKind::Config, "Redis client", e))
         };
+        // A plain URL that turns out to name a Cluster node is connected
+        // again as a Cluster seed (below).
+        let seed = match &self.target {
+            Target::Url(url) if !self.lazy => Some(url.clone()),
+            _ => None,
+        };
+        let again = ClientBuilder {
+            target: Target::Cluster(seed.iter().cloned().collect()),
+            #[cfg(feature = "tls")]
+            root_cert: self.root_cert.clone(),
+            redis_timeout: self.redis_timeout,
+            breaker_cooldown: self.breaker_cooldown,
+            lazy: false,
+        };
         let target = match self.target {
             Target::Url(url) => {
                 #[cfg(feature = "tls")]
@@ -404,6 +421,19 @@ impl ClientBuilder {
         let link = Link::open(target, self.redis_timeout, all_scripts(), self.lazy)
             .await
             .map_err(|e| Error::redis("connect", e))?;
+        // One node of a Cluster, given as a plain URL: a single-node client
+        // would get `MOVED` for most keys and miss the sharded notices, so
+        // it becomes a Cluster client with that node as its seed.
+        // `CLUSTER SLOTS` answers only there (elsewhere, or for a user who
+        // may not send it, an error: one node).
+        if seed.is_some() {
+            let slots: redis::RedisResult<Vec<redis::Value>> =
+                link.query(redis::cmd("CLUSTER").arg("SLOTS")).await;
+            if slots.is_ok_and(|s| !s.is_empty()) {
+                drop(link);
+                return Box::pin(again.connect()).await;
+            }
+        }
         #[cfg(feature = "metrics")]
         crate::shared::telemetry::describe();
         let server = Arc::new(Server {

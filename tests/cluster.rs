@@ -43,6 +43,19 @@ async fn every_tool_works_on_a_cluster_as_the_narrow_acl_user() {
         .expect_err("nothing there");
     assert_eq!(down.kind(), herdcache::ErrorKind::Redis, "{down}");
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // One node's plain URL: found to be a Cluster node, and used as a seed.
+    let plain = cluster.nodes[0]
+        .url()
+        .replace("redis://", "redis://app:app-secret@");
+    let client = Client::connect(&plain).await.expect("connect to one node");
+    for name in ["a", "b", "c", "d", "e", "f"] {
+        let g = client
+            .lock(name)
+            .acquire()
+            .await
+            .expect("lock on any master");
+        assert!(g.release().await.unwrap());
+    }
     let none = Client::cluster::<&str>(&[]).await.expect_err("no seeds");
     assert_eq!(none.kind(), herdcache::ErrorKind::Config, "{none}");
 }
