@@ -13,6 +13,19 @@ async fn every_tool_works_on_a_cluster() {
     let cluster = RedisCluster::start(3, 1);
     let client = Client::cluster(&cluster.urls()).await.expect("connect");
     exercise(&client, &cluster).await;
+
+    // A lazy client returns at once and is usable once its background
+    // connection is up.
+    let lazy = Client::cluster_builder(&cluster.urls())
+        .connect_lazy(true)
+        .connect()
+        .await
+        .expect("lazy connect");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while lazy.counter("lazy").incr(1).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The same as the narrowest ACL user (README's rule plus the Cluster's
