@@ -6,7 +6,7 @@ mod support;
 
 use herdcache::{Client, Reservation};
 use std::time::Duration;
-use support::{CLUSTER_ACL, NARROW_ACL, RedisCluster, RedisServer};
+use support::{CLUSTER_ACL, NARROW_ACL, RedisCluster, RedisServer, bucket_tag};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_tool_works_on_a_cluster() {
@@ -359,4 +359,54 @@ fn a_master_killed_under_load_fails_no_call_for_cached_keys() {
             r.saturating_sub(failover)
         );
     }
+}
+
+/// On a Cluster `clear()` is announced on bucket 0's channel and a fill on
+/// its key's bucket's: not ordered. A fill notice from before the clear,
+/// delivered after it (here: captured, then published again), must not
+/// put its old value back into another process's L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_notice_from_before_a_clear_is_not_taken_into_l1() {
+    let cluster = RedisCluster::start(3, 0);
+    let a = Client::cluster(&cluster.urls()).await.unwrap();
+    let b = Client::cluster(&cluster.urls()).await.unwrap();
+    let ttl = Duration::from_secs(60);
+    let ca = a.cache::<String>("gen").ttl(ttl).build().await.unwrap();
+    let cb = b.cache::<String>("gen").ttl(ttl).build().await.unwrap();
+    // A raw subscriber on the key's bucket channel, on the master of its slot.
+    let tag = bucket_tag("gen", "k");
+    let channel = format!("hc:bus:{tag}");
+    let node = &cluster.nodes[cluster.master_of(&tag)];
+    let mut sub = node.connection();
+    sub.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _: redis::Value = redis::cmd("SSUBSCRIBE")
+        .arg(&channel)
+        .query(&mut sub)
+        .unwrap();
+    let v = ca
+        .get_or_compute("k", || async { Ok::<_, std::io::Error>("old".to_owned()) })
+        .await
+        .unwrap();
+    assert_eq!(*v, "old");
+    let fill: Vec<u8> = loop {
+        let msg = sub.recv_response().unwrap();
+        if let redis::Value::Array(parts) | redis::Value::Push { data: parts, .. } = msg
+            && let Some(redis::Value::BulkString(payload)) = parts.get(2)
+        {
+            break payload.clone();
+        }
+    };
+    assert_eq!(fill[0], b'F', "a fill notice with its generation");
+    ca.clear().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(cb.get("k").await.unwrap(), None, "cleared");
+    // The old fill notice arrives late.
+    let n: u64 = redis::cmd("SPUBLISH")
+        .arg(&channel)
+        .arg(&fill)
+        .query(&mut node.connection())
+        .unwrap();
+    assert!(n >= 2, "both caches subscribed ({n})");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(cb.get("k").await.unwrap(), None, "the old value came back");
 }

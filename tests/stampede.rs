@@ -5,7 +5,7 @@ mod support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{RedisCluster, RedisServer, demo_bin, run_stampede, run_stampede_with};
+use support::{RedisCluster, RedisServer, bucket_tag, demo_bin, run_stampede, run_stampede_with};
 
 fn args(url: &str, run: &str, extra: &[&str]) -> Vec<String> {
     ["worker", "--redis", url, "--run", run]
@@ -134,16 +134,6 @@ fn cold_key_stampede_on_a_cluster_loads_once() {
             "a waiter was not woken by the fill: {wake:?}"
         );
     }
-}
-
-/// The hash tag of `key`'s bucket (64 buckets, FNV-1a: `cache/keys.rs`).
-fn bucket_tag(namespace: &str, key: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key.as_bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{{{namespace}:{}}}", h % 64)
 }
 
 #[test]

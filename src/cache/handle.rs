@@ -860,7 +860,15 @@ where
     /// Applies what another process did to this process's L1.
     pub(crate) fn on_bus(self: &Arc<Self>, event: BusEvent<'_>) {
         match event {
-            BusEvent::Filled { key, envelope } => {
+            BusEvent::Filled {
+                key,
+                envelope,
+                filled_in,
+            } => {
+                // A fill from before a `clear()` (on a Cluster the two
+                // notices are not ordered: `Notice::filled`) is not taken.
+                let envelope =
+                    envelope.filter(|_| filled_in.is_none_or(|g| g >= self.remote.generation()));
                 // A small value rides in the notice: take it straight into
                 // L1, so neither callers nor woken waiters need another GET.
                 match envelope.map(|bytes| self.decode(bytes)) {

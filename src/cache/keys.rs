@@ -62,6 +62,8 @@ pub(crate) struct Layout {
 pub(crate) struct RedisKeys {
     pub(crate) value: String,
     pub(crate) lock: String,
+    /// The generation they were built in.
+    pub(crate) generation: u64,
 }
 
 impl Layout {
@@ -117,6 +119,16 @@ impl Layout {
         &self.generation_key
     }
 
+    /// The generation keys are built in now.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Relaxed)
+    }
+
+    /// Whether the namespace is split into buckets (a Cluster).
+    pub(crate) fn bucketed(&self) -> bool {
+        self.buckets.is_some()
+    }
+
     /// Moves to generation `g` if it is newer; true if it moved.
     pub(crate) fn advance_generation(&self, g: u64) -> bool {
         self.generation.fetch_max(g, Relaxed) < g
@@ -150,11 +162,18 @@ impl Layout {
     }
 
     pub(crate) fn keys(&self, key: &str) -> RedisKeys {
+        // Read before the name is built: a `clear()` in between makes the
+        // keys newer than the generation recorded, never older.
+        let generation = self.generation();
         let value = self.value_key(key);
         let mut lock = value.clone();
         lock.pop();
         lock.push('l');
-        RedisKeys { value, lock }
+        RedisKeys {
+            value,
+            lock,
+            generation,
+        }
     }
 
     /// The value key alone: a plain read needs no lock key.

@@ -52,7 +52,7 @@ impl NoticeKind {
 
     fn from_byte(b: u8) -> Option<Self> {
         match b {
-            b'f' => Some(NoticeKind::Filled),
+            b'f' | b'F' => Some(NoticeKind::Filled),
             b'c' => Some(NoticeKind::Changed),
             b'r' => Some(NoticeKind::Released),
             b'g' => Some(NoticeKind::Cleared),
@@ -71,6 +71,9 @@ pub(crate) struct Notice<'a> {
     pub(crate) key: &'a str,
     /// The filled value's envelope, when small enough to inline.
     pub(crate) envelope: Option<&'a [u8]>,
+    /// On a Cluster, the namespace generation a fill was written in (see
+    /// [`Notice::filled`]).
+    pub(crate) filled_in: Option<u64>,
 }
 
 impl<'a> Notice<'a> {
@@ -86,6 +89,26 @@ impl<'a> Notice<'a> {
         out.extend_from_slice(&(key.len() as u32).to_le_bytes());
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(inline);
+        out
+    }
+
+    /// A fill notice. On a Cluster it also carries the generation the
+    /// value was written in (kind byte `F`, the generation after the
+    /// origin): there a `clear()` is announced on one bucket's channel and
+    /// a fill on another's, and the two are not ordered, so a fill notice
+    /// from before a `clear()` may arrive after it; the generation lets
+    /// every process refuse it (on one node the channel's order does it).
+    pub(crate) fn filled(
+        origin: u64,
+        key: &str,
+        envelope: &[u8],
+        generation: Option<u64>,
+    ) -> Vec<u8> {
+        let mut out = Self::encode(NoticeKind::Filled, origin, key, envelope);
+        if let Some(g) = generation {
+            out[0] = b'F';
+            out.splice(9..9, g.to_le_bytes());
+        }
         out
     }
 
@@ -125,14 +148,22 @@ impl<'a> Notice<'a> {
     pub(crate) fn decode(bytes: &'a [u8]) -> Option<Self> {
         let (&kind, rest) = bytes.split_first()?;
         let origin = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
-        let key_len = u32::from_le_bytes(rest.get(8..12)?.try_into().ok()?) as usize;
-        let key = rest.get(12..12 + key_len)?;
-        let envelope = &rest[12 + key_len..];
+        // `F`: a fill notice with its generation after the origin.
+        let (filled_in, at) = if kind == b'F' {
+            let g = u64::from_le_bytes(rest.get(8..16)?.try_into().ok()?);
+            (Some(g), 16)
+        } else {
+            (None, 8)
+        };
+        let key_len = u32::from_le_bytes(rest.get(at..at + 4)?.try_into().ok()?) as usize;
+        let key = rest.get(at + 4..at + 4 + key_len)?;
+        let envelope = &rest[at + 4 + key_len..];
         Some(Notice {
             kind: NoticeKind::from_byte(kind)?,
             origin,
             key: std::str::from_utf8(key).ok()?,
             envelope: (!envelope.is_empty()).then_some(envelope),
+            filled_in,
         })
     }
 }
@@ -144,6 +175,8 @@ pub(crate) enum BusEvent<'a> {
     Filled {
         key: &'a str,
         envelope: Option<&'a [u8]>,
+        /// On a Cluster, the generation the value was written in.
+        filled_in: Option<u64>,
     },
     /// Another process set or invalidated `key`.
     Changed { key: &'a str },
@@ -423,6 +456,7 @@ impl Bus {
                         on_event(BusEvent::Filled {
                             key: notice.key,
                             envelope: notice.envelope,
+                            filled_in: notice.filled_in,
                         });
                     }
                 }
@@ -553,8 +587,20 @@ mod tests {
                 origin: 0xdead_beef,
                 key: "k:1}{",
                 envelope: Some(b"env"),
+                filled_in: None,
             }
         );
+        // On a Cluster a fill notice carries its generation.
+        let g = Notice::filled(3, "k", b"env", Some(7));
+        assert_eq!(g[0], b'F');
+        let n = Notice::decode(&g).unwrap();
+        assert_eq!((n.kind, n.origin, n.key), (NoticeKind::Filled, 3, "k"));
+        assert_eq!((n.envelope, n.filled_in), (Some(&b"env"[..]), Some(7)));
+        assert_eq!(
+            Notice::filled(3, "k", b"env", None),
+            Notice::encode(NoticeKind::Filled, 3, "k", b"env")
+        );
+        assert!(Notice::decode(&g[..12]).is_none(), "truncated generation");
         let big = vec![7u8; INLINE_MAX + 1];
         let n2 = Notice::encode(NoticeKind::Filled, 1, "k", &big);
         assert_eq!(

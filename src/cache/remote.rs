@@ -92,6 +92,10 @@ impl Remote {
         self.layout.namespace()
     }
 
+    pub(crate) fn generation(&self) -> u64 {
+        self.layout.generation()
+    }
+
     pub(crate) fn advance_generation(&self, g: u64) -> bool {
         self.layout.advance_generation(g)
     }
@@ -219,7 +223,12 @@ impl Remote {
                     .arg(envelope)
                     .arg(ms(px))
                     .arg(self.layout.channel(key))
-                    .arg(self.notice(NoticeKind::Filled, key, envelope))
+                    .arg(Notice::filled(
+                        self.origin,
+                        key,
+                        envelope,
+                        self.layout.bucketed().then_some(keys.generation),
+                    ))
                     .arg(self.server.publish_verb()),
             )
             .await?;

@@ -762,3 +762,14 @@ pub const CLUSTER_ACL: &[&str] = &[
     "+spublish",
     "+cluster|slots",
 ];
+
+/// The hash tag of a cache key's bucket on a Cluster (64 buckets, FNV-1a of
+/// the key: `src/cache/keys.rs`), e.g. `{products:17}`.
+pub fn bucket_tag(namespace: &str, key: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key.as_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{{{namespace}:{}}}", h % 64)
+}
