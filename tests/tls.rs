@@ -281,3 +281,90 @@ async fn a_wrong_password_a_wrong_ca_and_a_missing_permission_are_clear_errors()
     );
     assert!(took < timeout * 2, "{took:?}");
 }
+
+/// A Redis Cluster over TLS (`tls-cluster yes`, `tls-replication yes`):
+/// the client is seeded with the nodes' `rediss://` URLs and the test CA;
+/// the cluster answers it with its TLS ports. Caches (with a change
+/// notice between two clients), locks and stock on every master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_works_over_tls() {
+    let pki = pki();
+    let p = |f: &str| pki.dir.join(f).to_string_lossy().into_owned();
+    let mut tls_ports = Vec::new();
+    let cluster = support::RedisCluster::start_each(3, 0, |_| {
+        let port = free_port();
+        tls_ports.push(port);
+        [
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &p("server.crt"),
+            "--tls-key-file",
+            &p("server.key"),
+            "--tls-ca-cert-file",
+            &p("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    });
+    let urls: Vec<String> = tls_ports
+        .iter()
+        .map(|port| format!("rediss://127.0.0.1:{port}/"))
+        .collect();
+    let connect = || async {
+        Client::cluster_builder(&urls)
+            .tls_root_cert(ca(&pki, "ca"))
+            .connect()
+            .await
+            .expect("connect to the cluster over TLS")
+    };
+    let (a, b) = (connect().await, connect().await);
+    let ca_ = a.cache::<u64>("ns").build().await.unwrap();
+    let cb = b.cache::<u64>("ns").build().await.unwrap();
+    for i in 0..12u64 {
+        let k = format!("k{i}");
+        let v = ca_
+            .get_or_compute(
+                k.as_str(),
+                move || async move { Ok::<_, std::io::Error>(i) },
+            )
+            .await
+            .unwrap();
+        assert_eq!(*v, i);
+        assert_eq!(*cb.get(k.as_str()).await.unwrap().unwrap(), i);
+        cb.set(k.as_str(), i + 100).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    for i in 0..12u64 {
+        let k = format!("k{i}");
+        while *ca_.get(k.as_str()).await.unwrap().unwrap() != i + 100 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{k}: no change notice"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    for name in ["a", "b", "c", "d", "e", "f"] {
+        let g = a.lock(name).acquire().await.unwrap();
+        assert!(g.release().await.unwrap());
+    }
+    let stock = b.stock("tls-sku");
+    stock.set_available(1).await.unwrap();
+    assert!(matches!(
+        stock.reserve("o1", "u", 1).await.unwrap(),
+        Reservation::Reserved { remaining: 0 }
+    ));
+    assert!(
+        cluster.dbsizes().iter().all(|n| n.unwrap_or(0) > 0),
+        "{:?}",
+        cluster.dbsizes()
+    );
+}

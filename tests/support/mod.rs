@@ -511,9 +511,19 @@ impl RedisCluster {
 
     /// A cluster whose nodes get `extra` arguments too (an ACL `--user`).
     pub fn start_with(masters: usize, replicas: usize, extra_args: &[String]) -> Self {
+        Self::start_each(masters, replicas, |_| extra_args.to_vec())
+    }
+
+    /// A cluster whose node `i` gets `extra(i)` arguments too (a TLS port
+    /// of its own).
+    pub fn start_each(
+        masters: usize,
+        replicas: usize,
+        mut extra_args: impl FnMut(usize) -> Vec<String>,
+    ) -> Self {
         let mut nodes = Vec::new();
         let mut configs = Vec::new();
-        for _ in 0..masters * (1 + replicas) {
+        for i in 0..masters * (1 + replicas) {
             let config = std::env::temp_dir().join(format!(
                 "herdcache-nodes-{}-{}.conf",
                 std::process::id(),
@@ -537,7 +547,7 @@ impl RedisCluster {
             ]
             .iter()
             .map(|s| s.to_string())
-            .chain(extra_args.iter().cloned())
+            .chain(extra_args(i))
             .collect();
             nodes.push(RedisServer::start_with(&extra));
             configs.push(config);
