@@ -221,16 +221,19 @@ async fn steady(
     let canary = {
         let cache = cache.clone();
         tokio::spawn(async move {
-            let (mut down, mut recovered_at) = (false, 0u64);
+            let (mut down, mut recovered_at, mut failed) = (false, 0u64, 0u64);
             while tokio::time::Instant::now() < end {
                 match cache.get("__canary").await {
-                    Err(_) => down = true,
+                    Err(_) => {
+                        down = true;
+                        failed += 1;
+                    }
                     Ok(_) if down && recovered_at == 0 => recovered_at = now_ms(),
                     Ok(_) => {}
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            recovered_at
+            (recovered_at, failed)
         })
     };
     let mut handles = Vec::new();
@@ -279,7 +282,7 @@ async fn steady(
         errors.extend(e);
         requests.extend(r);
     }
-    let recovered_at = canary.await.unwrap();
+    let (recovered_at, canary_failed) = canary.await.unwrap();
     lat.sort_unstable();
     let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
     let stats = cache.stats();
@@ -293,6 +296,7 @@ async fn steady(
         ("p999_us", pct(0.999).to_string()),
         ("max_us", lat.last().unwrap().to_string()),
         ("recovered_at", recovered_at.to_string()),
+        ("canary_failed", canary_failed.to_string()),
         ("stats", format!("{stats:?}")),
     ];
     // Redis may still be coming back: retry the report for a few seconds.

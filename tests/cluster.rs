@@ -280,7 +280,16 @@ fn a_master_killed_under_load_fails_no_call_for_cached_keys() {
             std::process::Command::new(support::demo_bin())
                 .args(["worker", "--redis", &cluster.url(), "--log", &log.url()])
                 .args(["--run", run, "--mode", "steady", "--tasks", "8"])
-                .args(["--keys", "20", "--ttl-ms", "60000", "--loader-ms", "2"])
+                .args([
+                    "--keys",
+                    "20",
+                    "--ttl-ms",
+                    "60000",
+                    "--loader-ms",
+                    "2",
+                    "--pause-us",
+                    "2000",
+                ])
                 .args(["--duration-ms", "9000", "--warmup-ms", "300"])
                 .stdout(std::process::Stdio::null())
                 .spawn()
@@ -336,6 +345,11 @@ fn a_master_killed_under_load_fails_no_call_for_cached_keys() {
         assert_eq!(field("errors"), 0, "first error: {}", r["first_error"]);
         served += field("served");
         let recovered = field("recovered_at");
+        println!(
+            "  worker: canary failed {} times, recovered at {}",
+            field("canary_failed"),
+            recovered.saturating_sub(killed_at)
+        );
         if recovered > 0 {
             recoveries.push(recovered.saturating_sub(killed_at));
         }
@@ -348,6 +362,13 @@ fn a_master_killed_under_load_fails_no_call_for_cached_keys() {
         support::CLUSTER_NODE_TIMEOUT.as_millis()
     );
     assert!(served > 1000, "served {served}");
+    // Every process lost its connection (its canary failed) and got a
+    // working one back before the end of the run.
+    assert_eq!(
+        recoveries.len(),
+        4,
+        "a process never used Redis again after the kill"
+    );
     // Redis's own part (failure detection after cluster-node-timeout, then
     // the replica's election delay of 500-1000 ms) is not ours to shorten;
     // ours is from the promotion to the first call that works: a new

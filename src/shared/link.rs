@@ -183,7 +183,9 @@ impl Drop for Listening {
             if link.router.get(&channel).is_none()
                 && let Ok(mut conn) = link.get()
             {
-                let _ = conn.conn.unsubscribe(&channel).await;
+                // Bounded: the subscriptions lock is held, and on a Cluster
+                // a command for a dead master's slot can hang in redis-rs.
+                let _ = bounded(link.timeout, conn.conn.unsubscribe(&channel)).await;
             }
         });
     }
@@ -375,7 +377,7 @@ impl Link {
             // after a loss (no connection is current yet: serial 0 is not).
             let _ = link.lost.send(u64::MAX);
         } else {
-            link.connect().await?;
+            link.connect(1).await?;
         }
         // The task holds the link weakly: it ends once the last handle (and
         // so every sender of `lost`) is gone.
@@ -406,7 +408,8 @@ impl Link {
             Ok(mut conn) => {
                 listener.accept(conn.serial);
                 if first {
-                    let r = conn.conn.subscribe(&[channel.as_bytes()]).await;
+                    // Bounded: the subscriptions lock is held (see Drop).
+                    let r = bounded(self.timeout, conn.conn.subscribe(&[channel.as_bytes()])).await;
                     self.check(&conn, &r);
                     r
                 } else {
@@ -421,7 +424,7 @@ impl Link {
     /// One attempt: a new connection whose pushes feed the bus, subscribed
     /// before any call can use it (so no notice sent after a call's write
     /// can be missed), with every script loaded, then made current.
-    async fn connect(&self) -> RedisResult<()> {
+    async fn connect(&self, attempt: u32) -> RedisResult<()> {
         let serial = self.next_serial.fetch_add(1, Relaxed);
         let router = self.router.clone();
         let lost = self.lost.clone();
@@ -459,15 +462,19 @@ impl Link {
             let channels: Vec<&[u8]> = channels.iter().map(|c| &**c).collect();
             // On a Cluster during a failover, a sharded subscription whose
             // slot still names the dead master hangs in redis-rs until our
-            // bound: bound it by what the whole connection took (4x, at
-            // least 50 ms), so the next attempt, 50 ms later, comes soon
-            // after the replica's promotion rather than up to a
-            // `redis_timeout` after it.
+            // bound. Every other attempt bounds it by what the whole
+            // connection took (4x, at least 50 ms), so an attempt soon
+            // after the replica's promotion comes within ~100 ms of it
+            // rather than up to a `redis_timeout` later; the attempts in
+            // between get the whole `redis_timeout`, so that a busy machine
+            // whose subscriptions take longer than the short bound still
+            // gets connected (with the short bound alone, a process under
+            // load was seen never to reconnect).
             let limit = match conn {
-                RedisConn::Cluster(_) => {
+                RedisConn::Cluster(_) if attempt.is_multiple_of(2) => {
                     (opening.elapsed() * 4).clamp(Duration::from_millis(50), self.timeout)
                 }
-                RedisConn::Single(_) => self.timeout,
+                _ => self.timeout,
             };
             bounded(limit, conn.subscribe(&channels)).await?;
         }
@@ -475,7 +482,10 @@ impl Link {
             let mut conn = conn.clone();
             async move { script.load_async(&mut conn).await }
         });
-        futures_util::future::try_join_all(loads).await?;
+        // Bounded like every step here: on a Cluster `SCRIPT LOAD` goes to
+        // every node, and one that is dead can hang it in redis-rs; an
+        // unbounded step would stop the reconnect task for good.
+        bounded(self.timeout, futures_util::future::try_join_all(loads)).await?;
         self.current.store(Some(Arc::new(Live {
             serial,
             conn,
@@ -761,9 +771,18 @@ async fn reconnect_task(link: Weak<Link>, mut lost: mpsc::UnboundedReceiver<u64>
             None => return,
         }
         let lost_at = Instant::now();
-        loop {
+        for attempt in 0u32.. {
             let Some(l) = link.upgrade() else { return };
-            if l.connect().await.is_ok() {
+            let r = l.connect(attempt).await;
+            if std::env::var_os("HC_DEBUG_LINK").is_some() {
+                eprintln!(
+                    "DEBUG pid {} attempt {attempt} at {:?}: {:?}",
+                    std::process::id(),
+                    lost_at.elapsed(),
+                    r.as_ref().err()
+                );
+            }
+            if r.is_ok() {
                 if serial != u64::MAX {
                     telemetry::reconnected(lost_at.elapsed());
                 }
