@@ -523,7 +523,16 @@ impl Link {
         match result {
             // `READONLY`: the server was demoted to a replica (a failover
             // moved the master): reconnect, which asks the sentinels anew.
-            Err(e) if e.is_connection_dropped() || e.code() == Some("READONLY") => {
+            // On a Cluster a dropped connection is one node's: its
+            // `Disconnection` push has replaced the cluster connection
+            // already, and the calls that reach a dead master until its
+            // replica is promoted would replace it again and again (each
+            // time flushing L1); the slot-map heartbeat follows the
+            // promotion.
+            Err(e)
+                if (e.is_connection_dropped() && !self.sharded())
+                    || e.code() == Some("READONLY") =>
+            {
                 let _ = self.lost.send(conn.serial);
             }
             Err(e) if e.is_timeout() => {
