@@ -317,18 +317,17 @@ impl ClientBuilder {
                 .map_err(|e| Error::with_source(ErrorKind::Config, "Redis client", e))
         };
         // A plain URL that turns out to name a Cluster node is connected
-        // again as a Cluster seed (below).
-        let seed = match &self.target {
-            Target::Url(url) if !self.lazy => Some(url.clone()),
+        // again as a Cluster seed (below), with the same settings.
+        let as_cluster = match &self.target {
+            Target::Url(url) if !self.lazy => Some(ClientBuilder {
+                target: Target::Cluster(vec![url.clone()]),
+                #[cfg(feature = "tls")]
+                root_cert: self.root_cert.clone(),
+                redis_timeout: self.redis_timeout,
+                breaker_cooldown: self.breaker_cooldown,
+                lazy: false,
+            }),
             _ => None,
-        };
-        let again = ClientBuilder {
-            target: Target::Cluster(seed.iter().cloned().collect()),
-            #[cfg(feature = "tls")]
-            root_cert: self.root_cert.clone(),
-            redis_timeout: self.redis_timeout,
-            breaker_cooldown: self.breaker_cooldown,
-            lazy: false,
         };
         let target = match self.target {
             Target::Url(url) => {
@@ -426,12 +425,12 @@ impl ClientBuilder {
         // it becomes a Cluster client with that node as its seed.
         // `CLUSTER SLOTS` answers only there (elsewhere, or for a user who
         // may not send it, an error: one node).
-        if seed.is_some() {
+        if let Some(as_cluster) = as_cluster {
             let slots: redis::RedisResult<Vec<redis::Value>> =
                 link.query(redis::cmd("CLUSTER").arg("SLOTS")).await;
             if slots.is_ok_and(|s| !s.is_empty()) {
                 drop(link);
-                return Box::pin(again.connect()).await;
+                return Box::pin(as_cluster.connect()).await;
             }
         }
         #[cfg(feature = "metrics")]

@@ -277,16 +277,6 @@ impl ConnectionLike for RedisConn {
     }
 }
 
-impl Target {
-    async fn client(&self) -> RedisResult<Client> {
-        match self {
-            Target::Direct(client) => Ok(client.clone()),
-            Target::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await,
-            Target::Cluster(_) => unreachable!("a Cluster connection is made by Link::open_conn"),
-        }
-    }
-}
-
 pub(crate) struct Link {
     target: Target,
     /// Timeouts only; each connection adds its own push sender.
@@ -611,16 +601,26 @@ impl Link {
     where
         P: Fn(PushInfo) -> PushResult + Send + Sync + 'static,
     {
-        if let Target::Cluster(cluster) = &self.target {
-            let mut config = ClusterConfig::new()
-                .set_connection_timeout(self.timeout)
-                .set_response_timeout(response_timeout);
-            if let Some(on_push) = on_push {
-                config = config.set_push_sender(on_push);
+        let client = match &self.target {
+            Target::Direct(client) => client.clone(),
+            // Asking the sentinels is bounded like the connection itself.
+            Target::Sentinel(sentinel) => {
+                bounded(self.timeout, async {
+                    sentinel.lock().await.async_get_client().await
+                })
+                .await?
             }
-            let conn = cluster.get_async_connection_with_config(config).await?;
-            return Ok(RedisConn::Cluster(conn));
-        }
+            Target::Cluster(cluster) => {
+                let mut config = ClusterConfig::new()
+                    .set_connection_timeout(self.timeout)
+                    .set_response_timeout(response_timeout);
+                if let Some(on_push) = on_push {
+                    config = config.set_push_sender(on_push);
+                }
+                let conn = cluster.get_async_connection_with_config(config).await?;
+                return Ok(RedisConn::Cluster(conn));
+            }
+        };
         let mut config = self
             .config
             .clone()
@@ -628,8 +628,6 @@ impl Link {
         if let Some(on_push) = on_push {
             config = config.set_push_sender(on_push);
         }
-        // Asking the sentinels is bounded like the connection itself.
-        let client = bounded(self.timeout, self.target.client()).await?;
         let conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
