@@ -8,12 +8,14 @@
 //! | `raw` | 2 | `SET lock token NX PX 10000`, then `EVALSHA` of the standard compare-and-delete (`GET` == token then `DEL`), on one `MultiplexedConnection` set up like herdcache's (RESP3): **the baseline** |
 //! | `raw_fenced` | 2 | herdcache's own two requests (`MULTI; SET NX PX; INCR; EXEC`, and its release script, copied here) sent on the raw connection: the server-side work of `herdcache` without its client-side code |
 //! | `redlock_5` | 2 fan-outs | `redlock.lock(name).acquire().await` + `release()` over 5 masters (each: a plain `SET NX PX`, then `EVALSHA` compare-and-delete + `DEL` of the waiter marker, all 5 at once) |
+//! | `herdcache_unfenced` | 2 | `client.lock(name).fenced(false)`: as `herdcache`, but the acquisition is a plain `SET NX PX` (no transaction, no fence counter); its token is 0 |
 //! | `herdcache_single` | 2 | `herdcache` on one of those 5 masters (the baseline of `redlock_5`) |
 //! | `raw_redlock_5` | 2 fan-outs | `raw` on all 5 masters at once (`join_all` of `SET NX PX`, then of compare-and-delete), checking a majority: what the 5 servers on this machine cost by themselves |
 //!
 //! | group | tasks | names |
 //! |---|---|---|
 //! | `dlock_1_task`, `redlock_1_task` | 1 | one, reused (free again after each release) |
+//! | `dlock_unfenced_1_task`, `dlock_unfenced_64_tasks` | 1, 64 | as above: `herdcache_unfenced` against `raw` |
 //! | `dlock_64_tasks`, `redlock_64_tasks` | 64 | task `t` locks its own name: nothing is ever contended |
 //!
 //! Every side generates a fresh 128-bit token per acquisition, as a correct
@@ -193,6 +195,17 @@ async fn herd_lock_unlock(client: &Client, name: &str) {
     assert!(guard.release().await.expect("release"), "lease lost");
 }
 
+async fn herd_unfenced_lock_unlock(client: &Client, name: &str) {
+    let guard = client
+        .lock(name)
+        .fenced(false)
+        .acquire()
+        .await
+        .expect("acquire");
+    assert_eq!(guard.fencing_token(), 0);
+    assert!(guard.release().await.expect("release"), "lease lost");
+}
+
 /// A hand-written Redlock: `SET NX PX` on every master at once, a
 /// majority required, then compare-and-delete on every master at once.
 async fn raw_redlock(masters: &[Raw], key: &str) {
@@ -261,6 +274,7 @@ struct Env {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
     Herdcache,
+    HerdcacheUnfenced,
     Raw,
     RawFenced,
     Redlock5,
@@ -272,6 +286,7 @@ impl Side {
     fn label(self) -> &'static str {
         match self {
             Side::Herdcache => "herdcache",
+            Side::HerdcacheUnfenced => "herdcache_unfenced",
             Side::Raw => "raw",
             Side::RawFenced => "raw_fenced",
             Side::Redlock5 => "redlock_5",
@@ -286,6 +301,7 @@ impl Side {
             let (name, keys) = &env.names[t as usize];
             match self {
                 Side::Herdcache => herd_lock_unlock(&env.client, name).await,
+                Side::HerdcacheUnfenced => herd_unfenced_lock_unlock(&env.client, name).await,
                 Side::Raw => env.raw.lock_unlock(&keys.lock).await,
                 Side::RawFenced => env.raw.fenced_lock_unlock(keys).await,
                 Side::Redlock5 => redlock_lock_unlock(&env.redlock, name).await,
@@ -316,9 +332,12 @@ struct Group {
 }
 
 const SINGLE: &[Side] = &[Side::Herdcache, Side::Raw, Side::RawFenced];
+/// `Lock::fenced(false)` against the same raw lock: the tutorials' lock,
+/// which takes no token either.
+const UNFENCED: &[Side] = &[Side::HerdcacheUnfenced, Side::Raw];
 const MAJORITY: &[Side] = &[Side::Redlock5, Side::HerdcacheSingle, Side::RawRedlock5];
 
-const GROUPS: [Group; 6] = [
+const GROUPS: [Group; 8] = [
     Group {
         name: "dlock_1_task",
         rt: Rt::Current,
@@ -330,6 +349,18 @@ const GROUPS: [Group; 6] = [
         rt: Rt::Current,
         tasks: MAX_TASKS,
         sides: SINGLE,
+    },
+    Group {
+        name: "dlock_unfenced_1_task",
+        rt: Rt::Current,
+        tasks: 1,
+        sides: UNFENCED,
+    },
+    Group {
+        name: "dlock_unfenced_64_tasks",
+        rt: Rt::Current,
+        tasks: MAX_TASKS,
+        sides: UNFENCED,
     },
     Group {
         name: "dlock_1_task_mt",

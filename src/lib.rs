@@ -157,7 +157,7 @@ pub use rate::limiter::{RateDecision, RateLimiter};
 /// [`CacheBuilder::client`] and [`Client::from_redis`] need no version match
 /// in your manifest.
 pub use redis;
-pub use stock::inventory::{Cancellation, MAX_QTY, Reservation, Stock};
+pub use stock::inventory::{Cancellation, MAX_AVAILABLE, MAX_QTY, Reservation, Stock};
 pub use stock::keys::MAX_ID_LEN;
 pub use stock::orders::{Delivery, OrderConsumer, OrderEvent, Orders};
 #[doc(hidden)]

@@ -67,6 +67,16 @@ async fn every_tool_works_on_a_cluster_as_the_narrow_acl_user() {
             .acquire()
             .await
             .expect("lock on any master");
+        assert!(g.fencing_token() > 0);
+        assert!(g.release().await.unwrap());
+        // Unfenced: a plain `SET NX PX`, routed to the name's master.
+        let g = client
+            .lock(name)
+            .fenced(false)
+            .acquire()
+            .await
+            .expect("unfenced lock on any master");
+        assert_eq!(g.fencing_token(), 0);
         assert!(g.release().await.unwrap());
     }
     let none = Client::cluster::<&str>(&[]).await.expect_err("no seeds");

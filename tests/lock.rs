@@ -493,3 +493,74 @@ async fn a_fence_counter_behind_after_a_failover_gives_no_token_twice() {
     let next = client.lock("ff").acquire().await.unwrap().fencing_token();
     assert!(next > token && next - token < 1000, "{token} then {next}");
 }
+
+/// `Lock::fenced(false)`: one `SET NX PX`, token 0, and otherwise the same
+/// lock: exclusion against fenced handles of the name in another process,
+/// the release notice waking a waiter, the watchdog, release on drop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfenced_lock_excludes_wakes_and_renews_like_the_fenced_one() {
+    let redis = RedisServer::start();
+    let (a, b) = (client(&redis).await, client(&redis).await);
+    let lease = Duration::from_millis(300);
+    let unfenced = a.lock("u").lease(lease).fenced(false);
+    let guard = unfenced.acquire().await.unwrap();
+    assert_eq!(guard.fencing_token(), 0, "no token taken");
+    let mut conn = redis.connection();
+    let fence: Option<u64> = redis::cmd("GET")
+        .arg("hc:lk:{u}:f")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(fence, None, "no fence counter touched");
+    // Another process's fenced handle of the name is kept out...
+    assert!(b.lock("u").try_acquire().await.unwrap().is_none());
+    // ...while the watchdog keeps the short lease well past its end.
+    tokio::time::sleep(lease * 3).await;
+    assert!(guard.is_held());
+    assert!(b.lock("u").try_acquire().await.unwrap().is_none());
+    // A waiter in the other process is woken by the release's notice (the
+    // fallback poll would take 20 ms and more; the lease is not what frees it).
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let g = b
+                .lock("u")
+                .acquire_timeout(Duration::from_secs(5))
+                .await
+                .unwrap();
+            (Instant::now(), g)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let released = Instant::now();
+    assert!(guard.release().await.unwrap());
+    let (woken, fenced) = waiter.await.unwrap();
+    assert!(
+        woken.duration_since(released) < Duration::from_millis(100),
+        "woken {:?} after the release",
+        woken.duration_since(released)
+    );
+    assert!(fenced.fencing_token() > 0, "the fenced handle still fences");
+    // The unfenced handle waits for the fenced holder in turn.
+    assert!(unfenced.try_acquire().await.unwrap().is_none());
+    drop(fenced);
+    let again = unfenced
+        .acquire_timeout(Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(again.fencing_token(), 0);
+    // A guard dropped without release frees the name at once.
+    drop(again);
+    let t = Instant::now();
+    b.lock("u")
+        .acquire_timeout(Duration::from_secs(2))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+}

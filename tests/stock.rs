@@ -353,3 +353,137 @@ impl Email {
         &self.to
     }
 }
+
+/// Counts beyond what Lua's numbers hold exactly, and durations past the
+/// end of the clock: a typed error up front, never a stock that fails on
+/// every later call or a rounded count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_and_durations_out_of_range_are_typed_errors() {
+    let redis = RedisServer::start();
+    let client = client(&redis).await;
+    let stock = client.stock("big");
+    for n in [u64::MAX, i64::MAX as u64, herdcache::MAX_AVAILABLE + 1] {
+        let err = stock.set_available(n).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{n}: {err}");
+    }
+    assert_eq!(
+        stock.available().await.unwrap_err().kind(),
+        ErrorKind::NotFound,
+        "nothing was set"
+    );
+    // The largest stock is exact through reserve and cancel.
+    let max = herdcache::MAX_AVAILABLE;
+    stock.set_available(max).await.unwrap();
+    assert_eq!(
+        stock.reserve("o1", "u1", 1).await.unwrap(),
+        Reservation::Reserved { remaining: max - 1 }
+    );
+    assert_eq!(
+        stock.cancel("o1").await.unwrap(),
+        herdcache::Cancellation::Cancelled { available: max }
+    );
+    // A restock that would pass it adds nothing.
+    let err = stock.add(1).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert_eq!(stock.available().await.unwrap(), max);
+    let small = client.stock("small");
+    assert_eq!(small.add(3).await.unwrap(), 3, "add starts a SKU from 0");
+    assert_eq!(small.add(4).await.unwrap(), 7);
+    assert_eq!(
+        small.add(u64::MAX).await.unwrap_err().kind(),
+        ErrorKind::Config
+    );
+    assert_eq!(small.available().await.unwrap(), 7);
+    // Durations: a timeout past the end of the clock waits as `next`; a
+    // claim_after past a year is refused.
+    let queue = client.queue::<u64>("q");
+    queue.push(&7).await.unwrap();
+    let mut c = queue.consumer("g", "c").await.unwrap();
+    let m = c.next_timeout(Duration::MAX).await.unwrap().expect("one");
+    assert_eq!(*m.value(), 7);
+    m.ack().await.unwrap();
+    let err = client
+        .queue::<u64>("q")
+        .claim_after(Duration::MAX)
+        .consumer("g", "c2")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    let err = client
+        .rate_limiter("rl")
+        .rate(1, Duration::new(1 << 45, 0))
+        .burst(1 << 63)
+        .check("k", 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+}
+
+/// A Redis restart under a consumer: without persistence its group is
+/// gone (`NOGROUP`), with it the consumer's own connection is stale. Either
+/// way the consumer goes on by itself, and the stale connection does not
+/// open the client's breaker for everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_goes_on_after_a_redis_restart() {
+    for durable in [false, true] {
+        let mut redis = if durable {
+            RedisServer::start_durable()
+        } else {
+            RedisServer::start()
+        };
+        let client = client(&redis).await;
+        let queue = client.queue::<u64>("q");
+        let mut c = queue.consumer("g", "c1").await.unwrap();
+        queue.push(&1).await.unwrap();
+        let m = c.next_timeout(Duration::from_secs(2)).await.unwrap();
+        m.expect("the first message").ack().await.unwrap();
+        redis.restart();
+        // The client's shared connection comes back by itself.
+        let counter = client.counter("x");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while counter.incr(1).await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "client never back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        queue.push(&2).await.unwrap();
+        // The consumer's next read meets its stale connection (and, without
+        // persistence, no group): it must still deliver the new message,
+        // and no call of the client may fail meanwhile.
+        let got = c.next_timeout(Duration::from_secs(3)).await;
+        for _ in 0..20 {
+            counter.incr(1).await.expect("the breaker stays closed");
+        }
+        let m = got
+            .unwrap_or_else(|e| panic!("durable={durable}: {e}"))
+            .unwrap_or_else(|| panic!("durable={durable}: nothing delivered"));
+        assert_eq!(*m.value(), 2);
+        m.ack().await.unwrap();
+    }
+}
+
+/// A consumer restarted under its own name gets back every entry it had
+/// not acknowledged, not just the first batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_consumer_gets_back_all_its_pending_entries() {
+    let redis = RedisServer::start();
+    let client = client(&redis).await;
+    let queue = client.queue::<u64>("many");
+    for i in 0..100 {
+        queue.push(&i).await.unwrap();
+    }
+    {
+        let mut c = queue.consumer("g", "w1").await.unwrap();
+        for _ in 0..100 {
+            drop(c.next().await.unwrap());
+        }
+    }
+    let mut c = queue.consumer("g", "w1").await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(m) = c.next_timeout(Duration::from_millis(300)).await.unwrap() {
+        assert!(m.deliveries() >= 2);
+        seen.push(*m.value());
+        m.ack().await.unwrap();
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..100).collect::<Vec<u64>>());
+}

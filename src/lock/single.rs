@@ -51,6 +51,8 @@ pub struct Lock {
     /// bad name is kept as its error, reported by each acquire.
     keys: Result<Arc<LockKeys>, Error>,
     lease: Duration,
+    /// Whether acquisitions take a fencing token (the default).
+    fenced: bool,
 }
 
 /// A held [`Lock`]. Release it with [`release`](Self::release); a guard
@@ -180,7 +182,32 @@ impl Lock {
             keys: LockKeys::new(&name).map(Arc::new),
             name: name.into(),
             lease: DEFAULT_LEASE,
+            fenced: true,
         }
+    }
+
+    /// Whether each acquisition takes a fencing token (default `true`).
+    ///
+    /// `fenced(false)` is the lock the tutorials write by hand (`SET lock
+    /// token NX PX lease`, compare-and-delete release) with everything
+    /// else of this one: the watchdog, [`LockGuard::lost`], release on
+    /// drop, waiters woken by notice and queued in order. It takes one
+    /// command where the fenced lock takes a transaction that also counts
+    /// the token (`MULTI; SET NX PX; INCR; EXEC`), which under many
+    /// concurrent acquisitions costs Redis about a third more per lock
+    /// (`docs/BENCHMARKS.md`). Its guards' [`fencing_token`](LockGuard::fencing_token)
+    /// is `0`.
+    ///
+    /// Without a token a holder that was paused past its lease (a GC
+    /// pause, a stalled VM, a slow network) cannot be refused by the
+    /// resource it writes to, and may write after another took the lock.
+    /// Choose it only where the lock is an optimisation (avoiding duplicate
+    /// work) rather than what keeps the data right, or where the resource
+    /// cannot check a token anyway. Fenced and unfenced handles of one name
+    /// exclude each other as usual; the fenced ones' tokens keep increasing.
+    pub fn fenced(mut self, fenced: bool) -> Self {
+        self.fenced = fenced;
+        self
     }
 
     /// How long the lock is held without renewal. Default
@@ -344,6 +371,16 @@ impl Lock {
         let mut in_flight = InFlight {
             single: Some((server, keys, token)),
         };
+        if !self.fenced {
+            let tried = self.acquire_unfenced(keys, token, waits).await;
+            in_flight.single = None;
+            return match tried.map_err(|e| Error::redis("acquire lock", e))? {
+                Tried::Taken(fence) => Ok(Attempt::Taken((fence, sent))),
+                Tried::Held(pttl) => Ok(Attempt::Held {
+                    pttl: Duration::from_millis(pttl.max(0) as u64),
+                }),
+            };
+        }
         // The first acquisition of this name on this connection floors the
         // fence counter at the server clock (`lock/floor.rs`).
         let serial = server.link.serial().unwrap_or(crate::lock::floor::NEVER);
@@ -366,6 +403,45 @@ impl Lock {
                 pttl: Duration::from_millis(pttl.max(0) as u64),
             }),
         }
+    }
+
+    /// [`Lock::fenced`]`(false)`: `SET lock token NX PX lease` (one key: on
+    /// a Cluster too), then `MARK_WAITER` for a waiter that found the lock
+    /// taken, as the fenced path does.
+    async fn acquire_unfenced(
+        &self,
+        keys: &LockKeys,
+        token: Token,
+        waits: bool,
+    ) -> RedisResult<Tried> {
+        let server = &self.client.server;
+        let mut cmd = Cmd::with_capacity(6, keys.lock.len() + 48);
+        cmd.arg("SET")
+            .arg(&keys.lock)
+            .arg(token.as_bytes())
+            .arg("NX")
+            .arg("PX")
+            .arg(ms(self.lease));
+        let reply: Value = server.call(server.raw_command(&cmd)).await?;
+        match reply {
+            Value::Okay => return Ok(Tried::Taken(0)),
+            Value::Nil => {}
+            other => return Err(unexpected("SET NX PX", &other)),
+        }
+        if !waits {
+            return Ok(Tried::Held(0));
+        }
+        Box::pin(self.mark_waiter(keys)).await
+    }
+
+    /// Marks the name as waited for (so the holder's release publishes its
+    /// notice) and reads how long the holder's lease still runs.
+    async fn mark_waiter(&self, keys: &LockKeys) -> RedisResult<Tried> {
+        let mut cmd = script_cmd(&MARK_WAITER, 2, 3, 2 * keys.lock.len() + 24);
+        cmd.arg(&keys.lock).arg(&keys.waiters).arg(ms(WAITER_TTL));
+        Ok(Tried::Held(
+            self.client.server.eval(&MARK_WAITER, &cmd).await?,
+        ))
     }
 
     /// The `ACQUIRE` script (on a Cluster, where a transaction would need
@@ -422,7 +498,10 @@ impl Lock {
                 let mut conn = server.link.get()?;
                 // The EXEC reply alone: after MULTI's OK and two QUEUED.
                 let result = match &mut conn.conn {
-                    RedisConn::Single(c) => c.send_packed_commands(&pipe, 3, 1).await,
+                    // Boxed, as in `RedisConn::send`.
+                    RedisConn::Single(c) => {
+                        ConnectionLike::req_packed_commands(c, &pipe, 3, 1).await
+                    }
                     RedisConn::Cluster(c) => c.req_packed_commands(&pipe, 3, 1).await,
                 };
                 server.link.check(&conn, &result);
@@ -458,11 +537,7 @@ impl Lock {
         if !waits {
             return Ok(Tried::Held(0));
         }
-        let mut cmd = script_cmd(&MARK_WAITER, 2, 3, 2 * keys.lock.len() + 24);
-        cmd.arg(&keys.lock).arg(&keys.waiters).arg(ms(WAITER_TTL));
-        Ok(Tried::Held(
-            Box::pin(server.eval(&MARK_WAITER, &cmd)).await?,
-        ))
+        Box::pin(self.mark_waiter(keys)).await
     }
 
     fn guard(
@@ -501,6 +576,9 @@ impl LockGuard {
     /// clock: that is what keeps them increasing across such a loss, as
     /// long as the server clock does not step back (with AOF
     /// `appendfsync always` the counter itself survives).
+    ///
+    /// `0` for a lock taken with [`Lock::fenced`]`(false)`: no token was
+    /// taken (every real token is far above 0).
     pub fn fencing_token(&self) -> u64 {
         self.fence
     }

@@ -65,6 +65,12 @@ pub struct QueueConsumer<T, C = DefaultCodec> {
     _t: PhantomData<fn() -> T>,
 }
 
+impl<T, C> std::fmt::Debug for QueueConsumer<T, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueConsumer").finish_non_exhaustive()
+    }
+}
+
 /// A message handed to a consumer: handle it, then [`ack`](Self::ack) it.
 #[must_use = "a message not acknowledged is delivered again"]
 pub struct Message<T> {
@@ -245,7 +251,10 @@ where
     /// # Errors
     /// As [`next`](Self::next).
     pub async fn next_timeout(&mut self, timeout: Duration) -> Result<Option<Message<T>>, Error> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let Some(deadline) = tokio::time::Instant::now().checked_add(timeout) else {
+            // Past the end of the clock: no deadline.
+            return self.next().await.map(Some);
+        };
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let Some(entry) = self.reader.next_timeout(left).await? else {

@@ -225,7 +225,9 @@ impl RateLimiter {
                 "rate limiter {name:?}: burst must be above zero"
             )));
         }
-        let tolerance_us = interval_us * u128::from(burst);
+        // Saturating: a `per` of centuries times a huge burst overflows
+        // even a u128.
+        let tolerance_us = interval_us.saturating_mul(u128::from(burst));
         if tolerance_us > MAX_TOLERANCE_US {
             return Err(config(format!(
                 "rate limiter {name:?}: burst {burst} at {n} per {per:?} spans more than \

@@ -220,7 +220,10 @@ impl RedisConn {
     /// allocation and one indirect call less per command.
     async fn send(&mut self, cmd: &Cmd) -> RedisResult<Value> {
         match self {
-            RedisConn::Single(c) => c.send_packed_command(cmd).await,
+            // The boxed `ConnectionLike` future, not the inherent
+            // `send_packed_command`: that one is ~1.2 KB, and a future is
+            // copied whole at each `.await` level that moves it.
+            RedisConn::Single(c) => ConnectionLike::req_packed_command(c, cmd).await,
             RedisConn::Cluster(c) => c.req_packed_command(cmd).await,
         }
     }
@@ -675,7 +678,9 @@ impl Link {
             RedisConn::Single(_) => conn.conn.send(cmd).await,
             // A Cluster call may be retried and redirected, each attempt
             // bounded by the response timeout: bound the whole.
-            RedisConn::Cluster(_) => bounded(self.timeout, conn.conn.send(cmd)).await,
+            // Boxed: a cluster call allocates its future anyway, and the
+            // timer inline would grow every one-node call's future too.
+            RedisConn::Cluster(_) => Box::pin(bounded(self.timeout, conn.conn.send(cmd))).await,
         };
         self.check(&conn, &result);
         Ok(redis::from_redis_value(result?.extract_error()?)?)

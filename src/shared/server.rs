@@ -2,6 +2,8 @@
 //! every call. Each tool sends its commands and scripts through here, so
 //! every Redis call of the crate is bounded and skips a Redis that is down.
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use redis::{Cmd, FromRedisValue, RedisResult, Script, ScriptInvocation};
 use std::future::Future;
 use std::sync::Arc;
@@ -18,17 +20,20 @@ pub(crate) struct Server {
 }
 
 /// Bounds a multi-round-trip Redis call by `limit` as a whole.
-pub(crate) async fn bounded<T>(
+pub(crate) fn bounded<T>(
     limit: Duration,
     call: impl Future<Output = RedisResult<T>>,
-) -> RedisResult<T> {
-    match tokio::time::timeout(limit, call).await {
+) -> impl Future<Output = RedisResult<T>> {
+    // A combinator, not an `async fn`: an `async fn` would hold `call`
+    // twice (the argument, and the awaited copy), and futures are copied
+    // whole each time they move.
+    tokio::time::timeout(limit, call).map(move |result| match result {
         Ok(result) => result,
         Err(_) => Err(redis::RedisError::from(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!("no answer from Redis within {limit:?}"),
         ))),
-    }
+    })
 }
 
 /// The error of a call the breaker refused.
@@ -62,16 +67,20 @@ impl Server {
     }
 
     /// Runs `call` unless the breaker is open, and records its outcome.
-    pub(crate) async fn call<T>(
-        &self,
-        call: impl Future<Output = RedisResult<T>>,
-    ) -> RedisResult<T> {
+    /// The breaker is asked when the call is made, not when it is first
+    /// polled. A combinator rather than an `async fn`, for the reason
+    /// given at [`bounded`]: this wraps every call on the hot path.
+    pub(crate) fn call<'a, T: 'a>(
+        &'a self,
+        call: impl Future<Output = RedisResult<T>> + 'a,
+    ) -> impl Future<Output = RedisResult<T>> + 'a {
         if !self.breaker.admit() {
-            return Err(breaker_open());
+            return Either::Left(std::future::ready(Err(breaker_open())));
         }
-        let result = call.await;
-        self.breaker.record(&result);
-        result
+        Either::Right(call.map(move |result| {
+            self.breaker.record(&result);
+            result
+        }))
     }
 
     /// One command, bounded by the connection's response timeout (no
@@ -119,16 +128,30 @@ impl Server {
     ) -> RedisResult<T> {
         self.call(async {
             match self.link.query(cmd).await {
+                // Boxed: the load's future is ~8 KB, and a future is moved
+                // (copied whole) at each level of `.await` that holds it;
+                // inline, every script call on the hot path paid for
+                // copying it.
                 Err(e) if e.code() == Some("NOSCRIPT") => {
-                    bounded(self.timeout, async {
-                        let mut conn = self.link.get()?;
-                        script.load_async(&mut conn.conn).await?;
-                        self.link.query(cmd).await
-                    })
-                    .await
+                    Box::pin(self.load_and_retry(script, cmd)).await
                 }
                 other => other,
             }
+        })
+        .await
+    }
+
+    /// After `NOSCRIPT`: `SCRIPT LOAD`, then the call again, bounded as a
+    /// whole.
+    async fn load_and_retry<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        cmd: &Cmd,
+    ) -> RedisResult<T> {
+        bounded(self.timeout, async {
+            let mut conn = self.link.get()?;
+            script.load_async(&mut conn.conn).await?;
+            self.link.query(cmd).await
         })
         .await
     }

@@ -140,8 +140,40 @@ pub(crate) struct GroupReader {
     buffer: VecDeque<Entry>,
     next_reclaim: Instant,
     /// Our own entries still pending from before (a restarted consumer of
-    /// the same name): read once with id `0` before new ones.
-    own_pending_read: bool,
+    /// the same name), read before new ones: the id to read after, batch
+    /// by batch (`0` first), until a short batch; `None` once all are read.
+    own_pending_from: Option<String>,
+}
+
+/// The longest `claim_after` taken: a year. Longer is surely a mistake,
+/// and would overflow the clock arithmetic of the reclaim schedule.
+const MAX_CLAIM_AFTER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Whether Redis answered that the group (or its stream) does not exist:
+/// a restart without persistence, or the key deleted.
+fn no_group(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP")
+}
+
+/// `XGROUP CREATE <stream> <group> 0 MKSTREAM`; an existing group is fine.
+async fn create_group(server: &Server, keys: &StreamKeys, group: &str) -> Result<(), Error> {
+    let created: RedisResult<Value> = server
+        .call(
+            server.raw_command(
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&keys.stream)
+                    .arg(group)
+                    .arg("0")
+                    .arg("MKSTREAM"),
+            ),
+        )
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        Err(e) => Err(Error::redis("XGROUP CREATE", e)),
+    }
 }
 
 impl GroupReader {
@@ -163,23 +195,13 @@ impl GroupReader {
                 "max_deliveries and claim_after must be above zero",
             ));
         }
-        let created: RedisResult<Value> = server
-            .call(
-                server.raw_command(
-                    redis::cmd("XGROUP")
-                        .arg("CREATE")
-                        .arg(&keys.stream)
-                        .arg(group)
-                        .arg("0")
-                        .arg("MKSTREAM"),
-                ),
-            )
-            .await;
-        match created {
-            Ok(_) => {}
-            Err(e) if e.code() == Some("BUSYGROUP") => {}
-            Err(e) => return Err(Error::redis("XGROUP CREATE", e)),
+        if options.claim_after > MAX_CLAIM_AFTER || options.block > MAX_CLAIM_AFTER {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("claim_after and block must be at most {MAX_CLAIM_AFTER:?}"),
+            ));
         }
+        create_group(&server, &keys, group).await?;
         Ok(GroupReader {
             server,
             keys,
@@ -189,7 +211,7 @@ impl GroupReader {
             blocking: None,
             buffer: VecDeque::new(),
             next_reclaim: Instant::now(),
-            own_pending_read: false,
+            own_pending_from: Some("0".to_owned()),
         })
     }
 
@@ -209,7 +231,10 @@ impl GroupReader {
 
     /// [`next`](Self::next), or `None` after `timeout` with nothing.
     pub(crate) async fn next_timeout(&mut self, timeout: Duration) -> Result<Option<Entry>, Error> {
-        let deadline = Instant::now() + timeout;
+        let Some(deadline) = Instant::now().checked_add(timeout) else {
+            // Past the end of the clock: no deadline.
+            return self.next().await.map(Some);
+        };
         loop {
             if let Some(e) = self.poll_until(Some(deadline)).await? {
                 return Ok(Some(e));
@@ -230,9 +255,18 @@ impl GroupReader {
         if let Some(e) = self.buffer.pop_front() {
             return Ok(Some(e));
         }
-        if !self.own_pending_read {
-            self.read(Some("0"), Duration::ZERO).await?;
-            self.own_pending_read = true;
+        while let Some(from) = self.own_pending_from.take() {
+            let read = self.read(Some(&from), Duration::ZERO).await;
+            if read.is_err() {
+                self.own_pending_from = Some(from);
+            }
+            let got = read?;
+            // A full batch: there may be more of our own after its last.
+            if got == self.options.batch
+                && let Some(last) = self.buffer.back()
+            {
+                self.own_pending_from = Some(last.id.clone());
+            }
             if let Some(e) = self.buffer.pop_front() {
                 return Ok(Some(e));
             }
@@ -260,18 +294,41 @@ impl GroupReader {
     }
 
     /// `XREADGROUP`: new entries (`>`, blocking up to `block`), or with
-    /// `from`, our own pending ones (not blocking).
-    async fn read(&mut self, from: Option<&str>, block: Duration) -> Result<(), Error> {
+    /// `from`, our own pending ones after that id (not blocking). Returns
+    /// how many entries it buffered.
+    ///
+    /// The group gone (`NOGROUP`: Redis restarted without persistence, or
+    /// the stream deleted) is made again and read once more: a consumer
+    /// goes on by itself, and entries still in the stream are delivered
+    /// again (consumers are idempotent).
+    async fn read(&mut self, from: Option<&str>, block: Duration) -> Result<usize, Error> {
+        match self.read_once(from, block).await {
+            Err(e) if no_group(&e) => {
+                create_group(&self.server, &self.keys, &self.group).await?;
+                if from.is_none() {
+                    // A new group: our own pending entries are gone with
+                    // the old one; nothing to re-read.
+                    self.own_pending_from = None;
+                }
+                self.read_once(from, block)
+                    .await
+                    .map_err(redis_err("XREADGROUP"))
+            }
+            other => other.map_err(redis_err("XREADGROUP")),
+        }
+    }
+
+    async fn read_once(&mut self, from: Option<&str>, block: Duration) -> RedisResult<usize> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&self.group)
             .arg(&self.consumer)
             .arg("COUNT")
             .arg(self.options.batch);
-        let reply: RedisResult<Option<StreamReadReply>> = match from {
+        let reply: Option<StreamReadReply> = match from {
             Some(id) => {
                 cmd.arg("STREAMS").arg(&self.keys.stream).arg(id);
-                self.server.call(self.server.raw_command(&cmd)).await
+                self.server.call(self.server.raw_command(&cmd)).await?
             }
             None => {
                 cmd.arg("BLOCK")
@@ -279,32 +336,11 @@ impl GroupReader {
                     .arg("STREAMS")
                     .arg(&self.keys.stream)
                     .arg(">");
-                if !self.server.breaker.admit() {
-                    return Err(Error::redis(
-                        "XREADGROUP",
-                        crate::shared::server::breaker_open(),
-                    ));
-                }
-                let conn = match self.blocking.take() {
-                    Some(c) => c,
-                    None => self
-                        .server
-                        .link
-                        .dedicated(block + self.server.timeout)
-                        .await
-                        .map_err(redis_err("connect for XREADGROUP"))?,
-                };
-                let mut conn = conn;
-                let r = cmd.query_async(&mut conn).await;
-                self.server.breaker.record(&r);
-                if r.is_ok() {
-                    self.blocking = Some(conn);
-                }
-                r
+                self.blocking_read(&cmd, block).await?
             }
         };
-        let reply = reply.map_err(redis_err("XREADGROUP"))?;
         let pending_reread = from.is_some();
+        let mut n = 0;
         for key in reply.map(|r| r.keys).unwrap_or_default() {
             for id in key.ids {
                 // Our own pending entries were delivered before: at least
@@ -320,16 +356,63 @@ impl GroupReader {
                     fields: id,
                     deliveries,
                 });
+                n += 1;
             }
         }
-        Ok(())
+        Ok(n)
+    }
+
+    /// The blocking `XREADGROUP` on this consumer's own connection (a
+    /// blocked read must not hold up the shared one).
+    ///
+    /// That connection is private: its failures are not the shared
+    /// breaker's business (a connection left stale by a Redis restart
+    /// would otherwise refuse every call of the client while the shared
+    /// connection works). A kept connection that fails is replaced and
+    /// the read tried once more on a new one; a new one that fails is the
+    /// caller's error.
+    async fn blocking_read(
+        &mut self,
+        cmd: &redis::Cmd,
+        block: Duration,
+    ) -> RedisResult<Option<StreamReadReply>> {
+        if !self.server.breaker.admit() {
+            return Err(crate::shared::server::breaker_open());
+        }
+        let mut kept = self.blocking.take();
+        loop {
+            let fresh = kept.is_none();
+            let mut conn = match kept.take() {
+                Some(c) => c,
+                None => {
+                    self.server
+                        .link
+                        .dedicated(block + self.server.timeout)
+                        .await?
+                }
+            };
+            match cmd.query_async(&mut conn).await {
+                Ok(reply) => {
+                    self.blocking = Some(conn);
+                    return Ok(reply);
+                }
+                // A server error (NOGROUP, say) on a working connection:
+                // keep it.
+                Err(e) if e.code().is_some() => {
+                    self.blocking = Some(conn);
+                    return Err(e);
+                }
+                Err(e) if fresh => return Err(e),
+                Err(_) => {}
+            }
+        }
     }
 
     /// Takes over entries idle past `claim_after` (their consumer stopped),
     /// moving those delivered `max_deliveries` times to the dead letters.
     async fn reclaim(&mut self) -> Result<(), Error> {
         let idle_ms = self.options.claim_after.as_millis() as u64;
-        let pending: StreamPendingCountReply = self
+        let pending: RedisResult<StreamPendingCountReply> = self
             .server
             .call(
                 self.server.raw_command(
@@ -343,8 +426,14 @@ impl GroupReader {
                         .arg(self.options.batch),
                 ),
             )
-            .await
-            .map_err(redis_err("XPENDING"))?;
+            .await;
+        let pending = match pending {
+            // The group is gone (see `read`): made again, nothing to take.
+            Err(e) if no_group(&e) => {
+                return create_group(&self.server, &self.keys, &self.group).await;
+            }
+            other => other.map_err(redis_err("XPENDING"))?,
+        };
         let mut claim = Vec::new();
         for p in pending.ids {
             if p.times_delivered as u32 >= self.options.max_deliveries {

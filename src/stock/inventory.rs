@@ -11,7 +11,7 @@ use crate::shared::server::evalsha;
 use crate::shared::telemetry::{self, CallSpan};
 use crate::stock::keys::{StockKeys, check_id};
 use crate::stock::orders::Orders;
-use crate::stock::scripts::{CANCEL, RESERVE};
+use crate::stock::scripts::{ADD, CANCEL, RESERVE};
 
 /// The stock of one SKU, shared by the whole fleet. Cheap to clone; made
 /// with [`Client::stock`].
@@ -62,6 +62,18 @@ pub enum Cancellation {
 /// and exact in Lua's numbers.
 pub const MAX_QTY: u32 = 1_000_000;
 
+/// The most units one SKU may hold: 2^53 - 1. The scripts compare and
+/// report stock as Lua numbers (doubles), exact up to here; above it a
+/// count would be rounded.
+pub const MAX_AVAILABLE: u64 = (1 << 53) - 1;
+
+fn too_much(what: &str, n: u64) -> Error {
+    Error::new(
+        ErrorKind::Config,
+        format!("{what} {n} units: a SKU holds at most {MAX_AVAILABLE} (MAX_AVAILABLE)"),
+    )
+}
+
 impl std::fmt::Debug for Stock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stock")
@@ -103,10 +115,14 @@ impl Stock {
     /// already given stay: an order id reserved before keeps its answer.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidKey`] for a bad SKU; [`ErrorKind::Redis`] if
+    /// [`ErrorKind::InvalidKey`] for a bad SKU; [`ErrorKind::Config`] for
+    /// `n` above [`MAX_AVAILABLE`] (nothing sent); [`ErrorKind::Redis`] if
     /// Redis fails (the stock is then unchanged or set: retry).
     pub async fn set_available(&self, n: u64) -> Result<(), Error> {
         let keys = self.keys()?;
+        if n > MAX_AVAILABLE {
+            return Err(too_much("setting", n));
+        }
         let server = &self.client.server;
         let () = server
             .call(server.raw_command(redis::cmd("SET").arg(&keys.available).arg(n)))
@@ -115,19 +131,31 @@ impl Stock {
         Ok(())
     }
 
-    /// Adds `n` units (a restock); returns the units now available.
+    /// Adds `n` units (a restock); returns the units now available. A SKU
+    /// never set starts from 0.
     ///
     /// # Errors
-    /// As [`set_available`](Self::set_available). Not idempotent: a retry
-    /// after a failure whose outcome is unknown may add twice.
+    /// As [`set_available`](Self::set_available), and
+    /// [`ErrorKind::Config`] if the stock would go above
+    /// [`MAX_AVAILABLE`] (nothing added). Not idempotent: a retry after a
+    /// failure whose outcome is unknown may add twice.
     pub async fn add(&self, n: u64) -> Result<u64, Error> {
         let keys = self.keys()?;
-        let server = &self.client.server;
-        let v: i64 = server
-            .call(server.raw_command(redis::cmd("INCRBY").arg(&keys.available).arg(n)))
+        if n > MAX_AVAILABLE {
+            return Err(too_much("adding", n));
+        }
+        let mut cmd = evalsha(&ADD, 1);
+        cmd.arg(&keys.available).arg(n).arg(MAX_AVAILABLE);
+        let v: i64 = self
+            .client
+            .server
+            .eval(&ADD, &cmd)
             .await
-            .map_err(|e| Error::redis("INCRBY stock", e))?;
-        Ok(v.max(0) as u64)
+            .map_err(|e| Error::redis("add stock", e))?;
+        if v < 0 {
+            return Err(too_much("adding", n));
+        }
+        Ok(v as u64)
     }
 
     /// The units available now.
@@ -315,6 +343,10 @@ impl Stock {
         let n = loader()
             .await
             .map_err(|e| Error::with_source(ErrorKind::Loader, "stock warm-up loader failed", e))?;
+        if n > MAX_AVAILABLE {
+            guard.release().await?;
+            return Err(too_much("warming with", n));
+        }
         let keys = self.keys()?;
         let server = &self.client.server;
         let _: Option<String> = server

@@ -153,7 +153,10 @@ impl OrderConsumer {
     /// # Errors
     /// As [`next`](Self::next).
     pub async fn next_timeout(&mut self, timeout: Duration) -> Result<Option<Delivery>, Error> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let Some(deadline) = tokio::time::Instant::now().checked_add(timeout) else {
+            // Past the end of the clock: no deadline.
+            return self.next().await.map(Some);
+        };
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let Some(entry) = self.reader.next_timeout(left).await? else {

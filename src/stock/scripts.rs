@@ -70,7 +70,21 @@ return 'C|' .. string.format('%d', n)
     )
 });
 
+/// Add (a restock): `INCRBY`, unless the stock would go above the most a
+/// SKU may hold (`MAX_AVAILABLE`, exact in Lua's numbers): then `-1` and
+/// nothing added. A SKU never set starts from 0.
+/// KEYS: available. ARGV: units to add, the most allowed.
+pub(crate) static ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local now = tonumber(redis.call('GET', KEYS[1]) or '0')
+if now + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return -1 end
+return redis.call('INCRBY', KEYS[1], ARGV[1])
+",
+    )
+});
+
 /// The stock's scripts, loaded with each new connection.
-pub(crate) fn all() -> [&'static Script; 2] {
-    [&RESERVE, &CANCEL]
+pub(crate) fn all() -> [&'static Script; 3] {
+    [&RESERVE, &CANCEL, &ADD]
 }
