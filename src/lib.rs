@@ -148,7 +148,7 @@ pub use codec::{Codec, CodecError, DefaultCodec};
 pub use error::{Error, ErrorKind};
 pub use lock::keys::MAX_LOCK_NAME_LEN;
 pub use lock::redlock::{DEFAULT_NODE_TIMEOUT, Redlock, RedlockBuilder, RedlockGuard, RedlockLock};
-pub use lock::single::{DEFAULT_LEASE, Lock, LockGuard, MIN_LEASE};
+pub use lock::single::{DEFAULT_LEASE, Lock, LockGuard, MAX_LEASE, MIN_LEASE};
 pub use queue::{MAX_QUEUE_NAME_LEN, Message, Queue, QueueConsumer};
 pub use rate::counter::Counter;
 pub use rate::keys::{MAX_COUNTER_NAME_LEN, MAX_LIMITER_KEY_LEN, MAX_LIMITER_NAME_LEN};

@@ -564,3 +564,144 @@ async fn an_unfenced_lock_excludes_wakes_and_renews_like_the_fenced_one() {
         t.elapsed()
     );
 }
+
+/// A call that was the breaker's probe and never reported (its future
+/// dropped after one poll) must not leave the breaker open for good while
+/// Redis answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_probe_does_not_leave_the_breaker_open() {
+    let redis = RedisServer::start();
+    let client = client(&redis).await;
+    redis.freeze();
+    let err = client.lock("a").try_acquire().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
+    redis.thaw();
+    // Past the breaker's cooldown (250 ms): the next call is the probe.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    {
+        let lock = client.lock("b");
+        let probe = lock.try_acquire();
+        tokio::pin!(probe);
+        // Polled once (sent, or at least admitted), then dropped.
+        assert!(futures_util::FutureExt::now_or_never(&mut probe).is_none());
+    }
+    let t = Instant::now();
+    loop {
+        match client.lock("c").try_acquire().await {
+            Ok(Some(g)) => {
+                g.release().await.unwrap();
+                break;
+            }
+            Ok(None) => panic!("c is free"),
+            Err(e) => assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "still failing after {:?}: {e}",
+                t.elapsed()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An acquisition that timed out on a stalled Redis is still run by Redis
+/// when it resumes: it must be released then, not left locked by nobody
+/// for its whole lease. The same when renewals are cut off at a lease's
+/// end (the renewer drops them): the client is usable right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_leaves_no_lock_held_by_nobody_and_the_client_usable() {
+    let redis = RedisServer::start();
+    let (a, b) = (client(&redis).await, client(&redis).await);
+    for fenced in [true, false] {
+        let name = format!("orders-{fenced}");
+        redis.freeze();
+        let err = a
+            .lock(&name)
+            .fenced(fenced)
+            .lease(Duration::from_secs(10))
+            .acquire()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        redis.thaw();
+        let t = Instant::now();
+        let g = b
+            .lock(&name)
+            .acquire_timeout(Duration::from_secs(8))
+            .await
+            .unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "fenced={fenced}: free after {:?}",
+            t.elapsed()
+        );
+        g.release().await.unwrap();
+        // Let the breaker close before the next round.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // A short redis_timeout and a lease lost while Redis hangs.
+    let quick = Client::builder(redis.url())
+        .redis_timeout(Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    let guard = quick
+        .lock("w")
+        .lease(Duration::from_millis(600))
+        .acquire()
+        .await
+        .unwrap();
+    let lost = guard.lost();
+    redis.freeze();
+    tokio::time::timeout(Duration::from_secs(2), lost)
+        .await
+        .expect("lost() within the lease");
+    redis.thaw();
+    drop(guard);
+    // Calls fail fast through the breaker's cooldown, then work.
+    let t = Instant::now();
+    let g = loop {
+        match quick.lock("x").try_acquire().await {
+            Ok(g) => break g.expect("x is free"),
+            Err(e) => assert!(
+                t.elapsed() < Duration::from_millis(1500),
+                "client unusable after {:?}: {e}",
+                t.elapsed()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    g.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_and_timeouts_out_of_range() {
+    let redis = RedisServer::start();
+    let client = client(&redis).await;
+    for lease in [
+        Duration::MAX,
+        herdcache::MAX_LEASE + Duration::from_millis(1),
+        Duration::from_secs(18_446_744_073_709_552),
+    ] {
+        let err = client.lock("l").lease(lease).acquire().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{lease:?}: {err}");
+    }
+    let mut conn = redis.connection();
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("hc:lk:{l}:f")
+        .query(&mut conn)
+        .unwrap();
+    assert!(!exists, "nothing sent");
+    let g = client
+        .lock("l")
+        .lease(herdcache::MAX_LEASE)
+        .acquire_timeout(Duration::MAX)
+        .await
+        .unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("hc:lk:{l}")
+        .query(&mut conn)
+        .unwrap();
+    assert!(pttl > 364 * 24 * 3600 * 1000, "{pttl}");
+    g.release().await.unwrap();
+}

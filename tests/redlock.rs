@@ -132,3 +132,49 @@ async fn connect_without_a_reachable_majority_is_no_quorum() {
     let err = Redlock::connect::<&str>(&[]).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
 }
+
+/// Two of three masters hang while a lease is held: lost() fires (its
+/// renewals cut off at the lease's end), and once they resume the same
+/// Redlock acquires again (no breaker left open by a renewal that never
+/// reported, no `SET` left behind by an attempt that timed out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_that_hang_and_resume_are_used_again() {
+    let (servers, urls) = masters(3);
+    let redlock = Redlock::connect(&urls).await.unwrap();
+    let g = redlock.lock("warm").acquire().await.unwrap();
+    g.release().await.unwrap();
+    let lease = Duration::from_millis(600);
+    let g = redlock.lock("h").lease(lease).acquire().await.unwrap();
+    let lost = g.lost();
+    for s in &servers[1..] {
+        s.freeze();
+    }
+    tokio::time::timeout(Duration::from_secs(2), lost)
+        .await
+        .expect("lost() within the lease");
+    // An attempt while they hang: no quorum, and its SET queued on the
+    // hung masters must not outlive it.
+    let err = redlock.lock("q").try_acquire().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoQuorum, "{err}");
+    for s in &servers[1..] {
+        s.thaw();
+    }
+    drop(g);
+    let t = Instant::now();
+    for name in ["h", "q"] {
+        loop {
+            match redlock.lock(name).try_acquire().await {
+                Ok(Some(g)) => {
+                    g.release().await.unwrap();
+                    break;
+                }
+                other => assert!(
+                    t.elapsed() < Duration::from_secs(2),
+                    "{name}: still {other:?} {:?} after the thaw",
+                    t.elapsed()
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -35,7 +35,7 @@ use crate::lock::keys::{LockKeys, Token, WAITER_TTL};
 use crate::lock::lease::{Holder, Lease, Renewal, drift};
 use crate::lock::queue::{Attempt, Pacing, Queues, Turn};
 use crate::lock::scripts::{MARK_WAITER, RELEASE};
-use crate::lock::single::{DEFAULT_LEASE, MIN_LEASE, release_cmd, script_cmd};
+use crate::lock::single::{DEFAULT_LEASE, check_lease, release_cmd, script_cmd};
 use crate::shared::scripts::EXTEND;
 use crate::shared::telemetry::{self, CallSpan};
 
@@ -118,8 +118,10 @@ impl Majority {
     /// command, not a script: Redis pays ~2.4 µs more per `EVALSHA`, times
     /// five); where it is refused and the caller will wait, `MARK_WAITER`
     /// (the holder's remaining time, and the mark that makes its release
-    /// publish). (taken, answered, longest pttl among holders.)
-    async fn take(&self, waits: bool) -> (usize, usize, Duration) {
+    /// publish). (taken, answered, longest pttl among holders, and the
+    /// masters whose answer was lost to a timeout or a dropped connection:
+    /// they may yet run the `SET`.)
+    async fn take(&self, waits: bool) -> (usize, usize, Duration, Vec<usize>) {
         let mut set = redis::Cmd::with_capacity(6, self.keys.lock.len() + 96);
         set.arg("SET")
             .arg(&self.keys.lock)
@@ -145,15 +147,22 @@ impl Majority {
         let mut taken = 0;
         let mut answered = 0;
         let mut pttl = Duration::ZERO;
-        for a in answers.into_iter().flatten() {
-            answered += 1;
-            if a < 0 {
-                taken += 1;
-            } else {
-                pttl = pttl.max(Duration::from_millis(a as u64));
+        let mut unsure = Vec::new();
+        for (i, a) in answers.into_iter().enumerate() {
+            match a {
+                Ok(a) if a < 0 => {
+                    answered += 1;
+                    taken += 1;
+                }
+                Ok(a) => {
+                    answered += 1;
+                    pttl = pttl.max(Duration::from_millis(a as u64));
+                }
+                Err(e) if e.is_timeout() || e.is_connection_dropped() => unsure.push(i),
+                Err(_) => {}
             }
         }
-        (taken, answered, pttl)
+        (taken, answered, pttl, unsure)
     }
 }
 
@@ -350,7 +359,9 @@ impl RedlockLock {
     /// # Cancel safety
     /// As [`acquire`](Self::acquire).
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<RedlockGuard, Error> {
-        self.acquire_until(Some(Instant::now() + timeout)).await
+        // A timeout past the end of the clock: no deadline.
+        self.acquire_until(Instant::now().checked_add(timeout))
+            .await
     }
 
     /// One attempt: `Ok(None)` if it is held by another (or the vote split).
@@ -386,12 +397,7 @@ impl RedlockLock {
 
     fn majority(&self) -> Result<Majority, Error> {
         let keys = self.keys.clone()?;
-        if self.lease < MIN_LEASE {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!("lease is {:?}; the shortest is {MIN_LEASE:?}", self.lease),
-            ));
-        }
+        check_lease(self.lease)?;
         let inner = &self.redlock.inner;
         Ok(Majority {
             masters: inner.masters.clone(),
@@ -411,7 +417,7 @@ impl RedlockLock {
         waits: bool,
     ) -> Result<Attempt<(Instant, Duration)>, Error> {
         let sent = Instant::now();
-        let (taken, answered, pttl) = majority.take(waits).await;
+        let (taken, answered, pttl, unsure) = majority.take(waits).await;
         let validity = self
             .lease
             .checked_sub(sent.elapsed() + drift(self.lease))
@@ -422,6 +428,37 @@ impl RedlockLock {
         if taken > 0 {
             // Taken on a minority (or too late): give those back at once.
             let _ = majority.release().await;
+        }
+        if !unsure.is_empty() {
+            // A master whose answer was lost (a stalled one resumes) may
+            // still run the `SET`: release there too, as the Redlock
+            // algorithm says, without waiting for its answer. Only there:
+            // the masters that answered did not take it (or were released
+            // above). The release is queued behind the `SET` on the same
+            // connection.
+            let late = Majority {
+                masters: unsure
+                    .iter()
+                    .map(|&i| majority.masters[i].clone())
+                    .collect(),
+                quorum: 1,
+                keys: majority.keys.clone(),
+                token: majority.token,
+                lease: majority.lease,
+            };
+            // Polled once here, so the release is on each connection
+            // before any retry's `SET` (a retry reuses the token), and
+            // left to finish in the background.
+            let mut release = Box::pin(async move { late.release().await });
+            tokio::select! {
+                biased;
+                _ = &mut release => {}
+                () = std::future::ready(()) => {
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        runtime.spawn(release);
+                    }
+                }
+            }
         }
         if answered < majority.quorum {
             return Err(Error::new(

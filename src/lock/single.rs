@@ -29,6 +29,22 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 /// a third of it.
 pub const MIN_LEASE: Duration = Duration::from_millis(30);
 
+/// The longest lease accepted: a year. A crashed holder would block the
+/// name that long; longer is surely a mistake (and would overflow the
+/// milliseconds Redis takes).
+pub const MAX_LEASE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The lease check shared by [`Lock`] and [`Redlock`](crate::Redlock).
+pub(crate) fn check_lease(lease: Duration) -> Result<(), Error> {
+    if lease < MIN_LEASE || lease > MAX_LEASE {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("lease is {lease:?}; it must be {MIN_LEASE:?} to {MAX_LEASE:?}"),
+        ));
+    }
+    Ok(())
+}
+
 /// A distributed lock named by a string, on a [`Client`]'s Redis.
 ///
 /// Cheap to clone; nothing is sent until it is acquired. Every acquisition
@@ -152,26 +168,67 @@ impl Holder for Single {
 }
 
 /// Releases a lock whose acquisition was sent but whose answer was never
-/// read (the caller's future was dropped mid-call): if the script did take
-/// it, nobody would hold a guard, and the name would stay locked for a
-/// whole lease. Disarmed once the answer is in hand.
+/// read: the caller's future was dropped mid-call, or the call failed
+/// without an answer (a Redis that stalled past `redis_timeout` still runs
+/// the queued `SET` when it resumes). If the acquisition did take it,
+/// nobody would hold a guard, and the name would stay locked for a whole
+/// lease. Disarmed once an answer is in hand.
 struct InFlight<'a> {
     single: Option<(&'a Arc<Server>, &'a Arc<LockKeys>, Token)>,
+    lease: Duration,
+    /// The call failed: Redis may run the acquisition later, so releasing
+    /// goes on until it frees the lock or the lease is over (a compare-and-
+    /// delete of our own token: it never touches another holder's lock).
+    /// A dropped future's acquisition reached a working connection; one
+    /// answer to the release tells.
+    uncertain: bool,
+}
+
+impl InFlight<'_> {
+    /// The attempt is over: answered (nothing to release: a lock taken is
+    /// the guard's now), or failed (release in the background, see above).
+    fn settle<T>(&mut self, result: &RedisResult<T>) {
+        match result {
+            // A timeout, or a connection lost mid-call: the acquisition
+            // may have reached Redis, and may yet run.
+            Err(e) if e.is_timeout() || e.is_connection_dropped() => self.uncertain = true,
+            // Answered; or refused before anything was sent (the breaker,
+            // a connection refused), or an error reply: nothing taken.
+            _ => self.single = None,
+        }
+    }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Some((server, keys, token)) = self.single.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let single = Single {
-                server: server.clone(),
-                keys: keys.clone(),
-                token,
-                lease: MIN_LEASE,
-            };
-            runtime.spawn(async move { single.release().await });
-        }
+        let Some((server, keys, token)) = self.single.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let single = Single {
+            server: server.clone(),
+            keys: keys.clone(),
+            token,
+            lease: MIN_LEASE,
+        };
+        let (until, uncertain) = (Instant::now() + self.lease, self.uncertain);
+        runtime.spawn(async move {
+            let mut pause = Duration::from_millis(50);
+            loop {
+                match single.release().await {
+                    Ok(true) => return,
+                    Ok(false) if !uncertain => return,
+                    _ => {}
+                }
+                if Instant::now() + pause >= until {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        });
     }
 }
 
@@ -213,8 +270,9 @@ impl Lock {
     /// How long the lock is held without renewal. Default
     /// [`DEFAULT_LEASE`] (10 s): this bounds how long a crashed holder
     /// blocks the name, not how long a live holder may keep it (the
-    /// watchdog renews it every lease/3). At least [`MIN_LEASE`]; a shorter
-    /// lease is an [`ErrorKind::Config`] error when acquiring.
+    /// watchdog renews it every lease/3). From [`MIN_LEASE`] to
+    /// [`MAX_LEASE`]; outside it is an [`ErrorKind::Config`] error when
+    /// acquiring.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -253,7 +311,9 @@ impl Lock {
     /// # Cancel safety
     /// As [`acquire`](Self::acquire).
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<LockGuard, Error> {
-        self.acquire_until(Some(Instant::now() + timeout)).await
+        // A timeout past the end of the clock: no deadline.
+        self.acquire_until(Instant::now().checked_add(timeout))
+            .await
     }
 
     /// Takes the lock if it is free now, without waiting: `Ok(None)` if
@@ -294,12 +354,7 @@ impl Lock {
 
     fn check(&self) -> Result<Arc<LockKeys>, Error> {
         let keys = self.keys.clone()?;
-        if self.lease < MIN_LEASE {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!("lease is {:?}; the shortest is {MIN_LEASE:?}", self.lease),
-            ));
-        }
+        check_lease(self.lease)?;
         Ok(keys)
     }
 
@@ -370,10 +425,12 @@ impl Lock {
         let sent = Instant::now();
         let mut in_flight = InFlight {
             single: Some((server, keys, token)),
+            lease: self.lease,
+            uncertain: false,
         };
         if !self.fenced {
             let tried = self.acquire_unfenced(keys, token, waits).await;
-            in_flight.single = None;
+            in_flight.settle(&tried);
             return match tried.map_err(|e| Error::redis("acquire lock", e))? {
                 Tried::Taken(fence) => Ok(Attempt::Taken((fence, sent))),
                 Tried::Held(pttl) => Ok(Attempt::Held {
@@ -393,7 +450,7 @@ impl Lock {
         } else {
             self.acquire_multi(keys, token, waits, floor).await
         };
-        in_flight.single = None;
+        in_flight.settle(&tried);
         if floor && matches!(tried, Ok(Tried::Taken(_))) {
             floors.done(&self.name, &keys.floored, serial);
         }
@@ -498,10 +555,7 @@ impl Lock {
                 let mut conn = server.link.get()?;
                 // The EXEC reply alone: after MULTI's OK and two QUEUED.
                 let result = match &mut conn.conn {
-                    // Boxed, as in `RedisConn::send`.
-                    RedisConn::Single(c) => {
-                        ConnectionLike::req_packed_commands(c, &pipe, 3, 1).await
-                    }
+                    RedisConn::Single(c) => c.send_packed_commands(&pipe, 3, 1).await,
                     RedisConn::Cluster(c) => c.req_packed_commands(&pipe, 3, 1).await,
                 };
                 server.link.check(&conn, &result);

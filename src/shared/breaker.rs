@@ -1,11 +1,15 @@
 //! A circuit breaker in front of Redis: after a connection-level failure
 //! (refused, reset, timed out) it fails calls at once for `cooldown`, then
 //! lets exactly one call through as a probe. The probe's success closes it.
+//! A probe that never reports (its caller's future was dropped mid-call,
+//! or a renewal cut off at its lease's end) is given up after another
+//! cooldown, and the next caller probes: nothing can leave the breaker
+//! open for good while Redis answers.
 //!
 //! Without it, every cache miss during an outage would pay the full
 //! `redis_timeout` before falling back to the loader.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::shared::now_ms;
@@ -15,7 +19,8 @@ use crate::shared::telemetry;
 pub(crate) struct Breaker {
     /// 0 when closed; else unix ms until which calls are refused.
     open_until_ms: AtomicU64,
-    probing: AtomicBool,
+    /// 0 when no probe is out; else unix ms when the current one started.
+    probe_started_ms: AtomicU64,
     cooldown_ms: u64,
 }
 
@@ -29,7 +34,7 @@ impl Breaker {
     pub(crate) fn new(cooldown: Duration) -> Self {
         Breaker {
             open_until_ms: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
+            probe_started_ms: AtomicU64::new(0),
             cooldown_ms: cooldown.as_millis().max(1) as u64,
         }
     }
@@ -40,12 +45,18 @@ impl Breaker {
         if until == 0 {
             return true;
         }
-        if now_ms() < until {
+        let now = now_ms();
+        if now < until {
             return false;
         }
-        // Half-open: one caller probes, the rest keep failing fast.
-        self.probing
-            .compare_exchange(false, true, Relaxed, Relaxed)
+        // Half-open: one caller probes, the rest keep failing fast, until
+        // the probe reports or is a cooldown old (abandoned: see above).
+        let started = self.probe_started_ms.load(Relaxed);
+        if started != 0 && now < started + self.cooldown_ms {
+            return false;
+        }
+        self.probe_started_ms
+            .compare_exchange(started, now.max(1), Relaxed, Relaxed)
             .is_ok()
     }
 
@@ -55,7 +66,7 @@ impl Breaker {
                 let was = self
                     .open_until_ms
                     .swap(now_ms() + self.cooldown_ms, Relaxed);
-                self.probing.store(false, Relaxed);
+                self.probe_started_ms.store(0, Relaxed);
                 if was == 0 {
                     telemetry::breaker_opened(self.cooldown_ms);
                 }
@@ -63,7 +74,7 @@ impl Breaker {
             _ => {
                 if self.open_until_ms.load(Relaxed) != 0 && self.open_until_ms.swap(0, Relaxed) != 0
                 {
-                    self.probing.store(false, Relaxed);
+                    self.probe_started_ms.store(0, Relaxed);
                     telemetry::breaker_closed();
                 }
             }
@@ -74,7 +85,7 @@ impl Breaker {
     /// and script load on it), so calls need not wait out the cooldown.
     pub(crate) fn close(&self) {
         if self.open_until_ms.swap(0, Relaxed) != 0 {
-            self.probing.store(false, Relaxed);
+            self.probe_started_ms.store(0, Relaxed);
             telemetry::breaker_closed();
         }
     }
@@ -104,6 +115,22 @@ mod tests {
         assert!(!b.admit(), "only one");
         b.record(&Ok(()));
         assert!(!b.is_open() && b.admit() && b.admit());
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_is_given_up_after_a_cooldown() {
+        let b = Breaker::new(Duration::from_millis(30));
+        b.record(&outage());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.admit(), "the probe");
+        // Its caller is dropped: no record(). Others fail fast a while...
+        assert!(!b.admit());
+        std::thread::sleep(Duration::from_millis(40));
+        // ...then the next caller probes, and its success closes it.
+        assert!(b.admit(), "a new probe");
+        assert!(!b.admit(), "only one");
+        b.record(&Ok(()));
+        assert!(!b.is_open() && b.admit());
     }
 
     #[test]

@@ -220,10 +220,13 @@ impl RedisConn {
     /// allocation and one indirect call less per command.
     async fn send(&mut self, cmd: &Cmd) -> RedisResult<Value> {
         match self {
-            // The boxed `ConnectionLike` future, not the inherent
-            // `send_packed_command`: that one is ~1.2 KB, and a future is
-            // copied whole at each `.await` level that moves it.
-            RedisConn::Single(c) => ConnectionLike::req_packed_command(c, cmd).await,
+            // The inherent `send_packed_command`, not the boxed
+            // `ConnectionLike` one: that boxes a ~1.2 KB future per call,
+            // which glibc serves from its slow path (docs/BENCHMARKS.md).
+            // The price is copying it at each `.await` level that moves it,
+            // so the futures around it are kept from growing further (see
+            // `Server::call`).
+            RedisConn::Single(c) => c.send_packed_command(cmd).await,
             RedisConn::Cluster(c) => c.req_packed_command(cmd).await,
         }
     }
