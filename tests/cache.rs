@@ -374,6 +374,24 @@ async fn odd_keys_round_trip_and_stay_distinct() {
         .build()
         .await;
     assert_eq!(bad_ns.err().unwrap().kind(), ErrorKind::Config);
+    // Settings that cannot work: a typed error at build, not a cache that
+    // refuses every write or overflows its clock.
+    let settings: [fn(herdcache::CacheBuilder<Row>) -> herdcache::CacheBuilder<Row>; 4] = [
+        |b| b.max_value_size(0),
+        |b| b.ttl(Duration::MAX),
+        |b| b.lock_ttl(Duration::MAX),
+        |b| b.stale_for(Duration::MAX),
+    ];
+    for (i, setting) in settings.iter().enumerate() {
+        let built = setting(Cache::<Row>::builder("ok").redis_url(server.url()))
+            .build()
+            .await;
+        assert_eq!(
+            built.err().unwrap().kind(),
+            ErrorKind::Config,
+            "setting {i}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -370,6 +370,29 @@ impl<V, C: Codec> CacheBuilder<V, C> {
         if c.redis_timeout.is_zero() || c.poll_min.is_zero() {
             return bad("redis_timeout and poll intervals must be above zero");
         }
+        if c.max_value_size == 0 {
+            return bad("max_value_size must be above zero (every write would be refused)");
+        }
+        // Times are stored as unix ms and sent as PX: a `Duration::MAX`
+        // would overflow them. Ten years is far past any real setting.
+        const LONGEST: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+        let times = [
+            c.ttl,
+            c.lock_ttl,
+            c.stale_for,
+            c.wait_timeout,
+            c.load_timeout,
+            c.redis_timeout,
+            c.poll_min,
+            c.poll_max,
+            c.fail_safe_throttle,
+            c.breaker_cooldown,
+            c.local_ttl.unwrap_or_default(),
+            c.soft_timeout.unwrap_or_default(),
+        ];
+        if times.iter().any(|&t| t > LONGEST) {
+            return bad("durations must be at most ten years");
+        }
         Ok(())
     }
 }

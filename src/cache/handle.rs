@@ -977,6 +977,9 @@ where
 
     pub(crate) fn header_for(&self, fresh: Duration, compute: Duration) -> Header {
         let now = now_ms();
+        // A `ttl_for` may answer anything: ten years at most (as the
+        // builder's settings), so the instants below cannot overflow.
+        let fresh = fresh.min(Duration::from_secs(10 * 365 * 24 * 3600));
         let fresh_until_ms = now + (fresh.as_millis() as u64).max(1);
         Header {
             flags: 0,
