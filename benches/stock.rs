@@ -6,11 +6,15 @@
 //! | side | what one operation does |
 //! |---|---|
 //! | `raw_check_decr` | `EVALSHA` of `if GET n >= 1 then DECR n`: no idempotency, no per-user limit, no order message |
-//! | `raw_reserve_script` | `EVALSHA` of herdcache's own reserve script on a raw connection, with the same keys and arguments (copied from `src/stock/scripts.rs`): what Redis alone costs for the guarantees, so `herdcache_reserve` against it is what the library's client side costs |
-//! | `herdcache_reserve` | `stock.reserve(order, user, 1)`: the reserve script (answer lookup, per-user count, check, `DECRBY`, `XADD` of the order, answer stored) through the client's connection, breaker and bounds, and the answer parsed |
+//! | `raw_reserve_script` | `EVALSHA` of herdcache's own reserve script on a raw connection, one order per call, with the same keys and arguments (`herdcache::__RESERVE_LUA`): what Redis alone costs for the guarantees when each reservation is its own call |
+//! | `herdcache_reserve` | `stock.reserve(order, user, 1)`: the reserve script (answer lookup, per-user count, check, `DECRBY`, `XADD` of the order, answer stored) through the client's connection, breaker and bounds, and the answer parsed; the 64 tasks' concurrent calls go to Redis in batches (group commit, `src/stock/batch.rs`), so one script call carries many orders |
 //!
 //! The stock is large enough never to sell out during the run: every
-//! operation takes the reserving path. Run:
+//! operation takes the reserving path. A second set of rounds then runs
+//! both sides on a stock of 0 (`sold out …` lines): the minimal script's
+//! `GET` and compare against a reserve that still records its answer for
+//! the order id (a retry must get it), the moment a flash sale spends most
+//! of its calls in. Run:
 //! `cargo bench --bench stock` (`-- --rounds 9 --secs 2` for longer).
 
 #[path = "../tests/support/mod.rs"]
@@ -141,20 +145,20 @@ fn main() {
                 move |t: u64, i: u64| {
                     let (mut conn, same) = (conn.clone(), same.clone());
                     async move {
-                        let answer: String = same
+                        let answer: Vec<String> = same
                             .key("hc:st:{raw}:n")
                             .key("hc:st:{raw}:a")
                             .key("hc:st:{raw}:u")
                             .key("hc:st:{raw}:o")
+                            .arg("raw")
                             .arg(format!("o{round}-{t}-{i}"))
                             .arg("user")
                             .arg(1)
                             .arg(0)
-                            .arg("raw")
                             .invoke_async(&mut conn)
                             .await
                             .unwrap();
-                        assert!(answer.starts_with("R|"));
+                        assert!(answer[0].starts_with("R|"));
                     }
                 }
             };
@@ -222,6 +226,69 @@ fn main() {
             "Redis CPU per call (INFO commandstats, usec_per_call of EVALSHA): raw server (minimal and same script mixed) {} µs, reserve {} µs",
             usec(&raw_redis),
             usec(&redis)
+        );
+        // The sale's usual moment: sold out. Every call of both sides is
+        // answered "none left": the minimal script's `GET` and compare,
+        // against a reserve that still stores its answer for the order id
+        // (a retry must get it) in a batch.
+        let zero = client.stock("bench-zero");
+        zero.set_available(0).await.unwrap();
+        let () = redis::cmd("SET")
+            .arg("raw-zero")
+            .arg(0)
+            .query_async(&mut conn.clone())
+            .await
+            .unwrap();
+        let (mut sold_out_ratios, mut raw_zero, mut herd_zero) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let raw = {
+                let (conn, script) = (conn.clone(), script.clone());
+                move |_t: u64, _i: u64| {
+                    let (mut conn, script) = (conn.clone(), script.clone());
+                    async move {
+                        let n: i64 = script
+                            .key("raw-zero")
+                            .arg(1)
+                            .invoke_async(&mut conn)
+                            .await
+                            .unwrap();
+                        assert_eq!(n, -1);
+                    }
+                }
+            };
+            let herd = {
+                let zero = zero.clone();
+                move |t: u64, i: u64| {
+                    let zero = zero.clone();
+                    async move {
+                        let order = format!("z{round}-{t}-{i}");
+                        let r = zero.reserve(&order, "user", 1).await.unwrap();
+                        assert_eq!(r, Reservation::SoldOut);
+                    }
+                }
+            };
+            let (r, h) = if round % 2 == 0 {
+                let r = run(secs, raw).await;
+                (r, run(secs, herd).await)
+            } else {
+                let h = run(secs, herd).await;
+                (run(secs, raw).await, h)
+            };
+            println!(
+                "sold out, round {round}: raw {:.0}/s | reserve {:.0}/s | ratio {:.3}",
+                r.0,
+                h.0,
+                h.0 / r.0
+            );
+            sold_out_ratios.push(h.0 / r.0);
+            raw_zero.push(r.0);
+            herd_zero.push(h.0);
+        }
+        println!(
+            "sold out, median over {rounds} rounds, {TASKS} tasks: raw {:.0}/s, reserve {:.0}/s, throughput ratio {:.3}",
+            median(&mut raw_zero),
+            median(&mut herd_zero),
+            median(&mut sold_out_ratios)
         );
         println!(
             "median over {rounds} rounds, {TASKS} tasks: raw {:.0}/s, reserve {:.0}/s, throughput ratio {:.3}; \

@@ -33,6 +33,8 @@ pub struct Client {
     pub(crate) locks: Arc<Queues>,
     /// Which lock names' fence counters were floored on which connection.
     pub(crate) fence_floors: Arc<crate::lock::floor::Floors>,
+    /// Each SKU's reservations waiting to go to Redis together.
+    pub(crate) stock_batches: Arc<crate::stock::batch::Batches>,
 }
 
 impl std::fmt::Debug for Client {
@@ -453,6 +455,7 @@ impl ClientBuilder {
             server,
             locks: Arc::default(),
             fence_floors: Arc::default(),
+            stock_batches: Arc::default(),
         })
     }
 }

@@ -487,3 +487,90 @@ async fn a_restarted_consumer_gets_back_all_its_pending_entries() {
     seen.sort_unstable();
     assert_eq!(seen, (0..100).collect::<Vec<u64>>());
 }
+
+/// Concurrent reservations of one SKU in one process go to Redis together
+/// (fewer script calls than reservations), and each is still its own
+/// atomic step: exactly the stock sold, every `remaining` told once, an
+/// order id twice in flight answered once, each handle's limit its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reservations_are_batched_and_each_stays_atomic() {
+    let redis = RedisServer::start();
+    let client = client(&redis).await;
+    client.stock("b").set_available(100).await.unwrap();
+    let mut conn = redis.connection();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..400u32 {
+        let stock = if i % 2 == 0 {
+            client.stock("b")
+        } else {
+            // Another handle of the SKU, with a limit of its own: user
+            // `limited` gets at most 2 units through it.
+            client.stock("b").per_user_limit(2)
+        };
+        tasks.push(tokio::spawn(async move {
+            let (order, user) = match i {
+                // The same order id four times at once.
+                0..4 => ("dup".to_owned(), "d".to_owned()),
+                _ if i % 2 == 1 && i < 40 => (format!("o{i}"), "limited".to_owned()),
+                _ => (format!("o{i}"), format!("u{i}")),
+            };
+            (
+                order.clone(),
+                stock.reserve(&order, &user, 1).await.unwrap(),
+            )
+        }));
+    }
+    let mut remaining = std::collections::BTreeSet::new();
+    let (mut reserved, mut limited, mut dup) = (0, 0, Vec::new());
+    for t in tasks {
+        let (order, r) = t.await.unwrap();
+        if order == "dup" {
+            dup.push(r);
+            continue;
+        }
+        match r {
+            Reservation::Reserved { remaining: left } => {
+                reserved += 1;
+                assert!(remaining.insert(left), "remaining {left} told twice");
+            }
+            Reservation::UserLimit => limited += 1,
+            Reservation::SoldOut => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(dup.windows(2).all(|w| w[0] == w[1]), "{dup:?}");
+    let dup_took = usize::from(matches!(dup[0], Reservation::Reserved { .. }));
+    if let Reservation::Reserved { remaining: left } = dup[0] {
+        assert!(remaining.insert(left));
+    }
+    assert_eq!(reserved + dup_took, 100, "exactly the stock");
+    assert_eq!(client.stock("b").available().await.unwrap(), 0);
+    let limited_held: u32 = redis::cmd("HGET")
+        .arg("hc:st:{b}:u")
+        .arg("limited")
+        .query(&mut conn)
+        .unwrap();
+    assert!(limited_held <= 2, "{limited_held}");
+    assert!(limited > 0, "the limit answered some");
+    let stream: usize = redis::cmd("XLEN")
+        .arg("hc:st:{b}:o")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(stream, 100, "one order message per unit");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .unwrap();
+    let calls: u64 = info
+        .lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .and_then(|l| l.split(['=', ',']).nth(1))
+        .and_then(|n| n.parse().ok())
+        .expect("evalsha calls");
+    assert!(calls < 400, "{calls} script calls for 400 reservations");
+    println!("400 reservations in {calls} script calls");
+}

@@ -9,9 +9,10 @@ use crate::client::Client;
 use crate::error::{Error, ErrorKind};
 use crate::shared::server::evalsha;
 use crate::shared::telemetry::{self, CallSpan};
+use crate::stock::batch::Batch;
 use crate::stock::keys::{StockKeys, check_id};
 use crate::stock::orders::Orders;
-use crate::stock::scripts::{ADD, CANCEL, RESERVE};
+use crate::stock::scripts::{ADD, CANCEL};
 
 /// The stock of one SKU, shared by the whole fleet. Cheap to clone; made
 /// with [`Client::stock`].
@@ -22,6 +23,9 @@ pub struct Stock {
     /// Built once: a reserve writes no key names of its own. A bad SKU is
     /// kept as its error, reported by every call.
     keys: Result<Arc<StockKeys>, Error>,
+    /// The SKU's group commit in this client (`batch.rs`); none for a bad
+    /// SKU.
+    batch: Option<Arc<Batch>>,
     per_user_limit: u32,
 }
 
@@ -86,10 +90,16 @@ impl std::fmt::Debug for Stock {
 impl Stock {
     pub(crate) fn new(client: Client, sku: String) -> Self {
         let keys = StockKeys::new(&sku).map(Arc::new);
+        let sku: Arc<str> = sku.into();
+        let batch = keys
+            .as_ref()
+            .ok()
+            .map(|k| client.stock_batches.of(&client.server, &sku, k));
         Stock {
             client,
-            sku: sku.into(),
+            sku,
             keys,
+            batch,
             per_user_limit: 0,
         }
     }
@@ -224,7 +234,8 @@ impl Stock {
         user_id: &str,
         qty: impl TryInto<u32>,
     ) -> Result<Reservation, Error> {
-        let keys = self.keys()?;
+        // A bad SKU is its error, before the ids are looked at.
+        self.keys()?;
         check_id("order id", order_id)?;
         check_id("user id", user_id)?;
         // Any integer type is taken, so that a negative or huge quantity
@@ -238,22 +249,12 @@ impl Stock {
                 ));
             }
         };
-        let mut cmd = evalsha(&RESERVE, 4);
-        cmd.arg(&keys.available)
-            .arg(&keys.answers)
-            .arg(&keys.users)
-            .arg(&keys.orders.stream)
-            .arg(order_id)
-            .arg(user_id)
-            .arg(qty)
-            .arg(self.per_user_limit)
-            .arg(&*self.sku);
-        let answer: String = self
-            .client
-            .server
-            .eval(&RESERVE, &cmd)
-            .await
-            .map_err(|e| Error::redis("reserve", e))?;
+        let Some(batch) = &self.batch else {
+            return Err(keys_err(&self.keys));
+        };
+        let answer = batch
+            .reserve(order_id, user_id, qty, self.per_user_limit)
+            .await?;
         parse_reservation(&answer).ok_or_else(|| {
             if answer == "N" {
                 self.not_found()
@@ -362,6 +363,14 @@ impl Stock {
     /// read by consumer groups that acknowledge what they have stored.
     pub fn orders(&self) -> Orders {
         Orders::new(self.clone())
+    }
+}
+
+/// The error a bad SKU's handle reports (it has no batch).
+fn keys_err(keys: &Result<Arc<StockKeys>, Error>) -> Error {
+    match keys {
+        Err(e) => e.clone(),
+        Ok(_) => Error::new(ErrorKind::Config, "stock handle without a batch"),
     }
 }
 

@@ -7,8 +7,9 @@
 //! | file | what it is for |
 //! |---|---|
 //! | `inventory.rs` | [`Stock`](crate::Stock): set, add, reserve, cancel, warm |
+//! | `batch.rs` | group commit: the concurrent reservations of one SKU in one process go to Redis as one script call, each order still one atomic step with its own answer |
 //! | `orders.rs` | [`Orders`](crate::Orders): consumer groups over the SKU's order stream, [`Delivery`](crate::Delivery) |
-//! | `scripts.rs` | the reserve and cancel scripts: each one atomic step |
+//! | `scripts.rs` | the reserve (a batch of orders), add and cancel scripts: each order one atomic step |
 //! | `keys.rs` | `hc:st:{<sku>}:…` keys, all in one Cluster slot |
 //!
 //! # What the patterns users copy get wrong, and the line that answers each
@@ -23,6 +24,7 @@
 //! | a retried request reserves again | a buyer who retried after a timeout buys twice | idempotent by order id: a retry returns the first answer |
 //! | keys built inside the script | breaks on Redis Cluster (a script may only touch keys it is passed) | every key is passed in `KEYS`, and all share the SKU's hash tag |
 
+pub(crate) mod batch;
 pub(crate) mod inventory;
 pub(crate) mod keys;
 pub(crate) mod orders;
