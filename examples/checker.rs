@@ -12,6 +12,7 @@
 //! ```text
 //! <prefix>:reads   "row version start_us end_us pid"
 //! <prefix>:writes  "row version incr_start_us incr_end_us inval_end_us pid"
+//!                  (inval_end_us i64::MAX: the invalidate failed)
 //! <prefix>:errors  error messages
 //! <prefix>:stats:<pid>  hash of Stats counters
 //! ```
@@ -199,7 +200,17 @@ impl Worker {
                 now_us(),
                 self.pid
             )),
-            Err(e) => self.errors.push(format!("invalidate {row}: {e}")),
+            Err(e) => {
+                // The update is committed all the same: recorded, with an
+                // invalidate that never returned (no read is judged
+                // against it), so the row's versions stay contiguous.
+                self.writes.push(format!(
+                    "{row} {version} {incr_start} {incr_end} {} {}",
+                    i64::MAX,
+                    self.pid
+                ));
+                self.errors.push(format!("invalidate {row}: {e}"));
+            }
         }
     }
 

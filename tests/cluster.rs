@@ -441,3 +441,76 @@ async fn a_fill_notice_from_before_a_clear_is_not_taken_into_l1() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(cb.get("k").await.unwrap(), None, "the old value came back");
 }
+
+/// A node that stalls (`SIGSTOP`: it accepts connections and never
+/// answers) must cost only its own keys, and only while it stalls:
+/// - a consumer blocked on a stream of the stalled master returns (a typed
+///   error or nothing) instead of hanging inside redis-rs for good;
+/// - a client given every node as a seed connects while one replica is
+///   frozen (redis-rs waits for every seed; a frozen one used to take the
+///   whole connect bound and fail every attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_node_costs_only_its_own_keys() {
+    let cluster = RedisCluster::start(3, 1);
+    let client = Client::cluster(&cluster.urls()).await.unwrap();
+    let queue = client.queue::<String>("stall");
+    let mut consumer = queue.consumer("g", "c").await.unwrap();
+    let victim = cluster.master_of("hc:q:{stall}:s");
+    for round in 0..2 {
+        cluster.nodes[victim].freeze();
+        let thaw = {
+            let pid = cluster.nodes[victim].pid().unwrap();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(700));
+                std::process::Command::new("kill")
+                    .args(["-CONT", &pid.to_string()])
+                    .status()
+                    .unwrap();
+            })
+        };
+        let t = std::time::Instant::now();
+        let got = tokio::time::timeout(
+            Duration::from_secs(5),
+            consumer.next_timeout(Duration::from_millis(300)),
+        )
+        .await;
+        assert!(
+            got.is_ok(),
+            "round {round}: next_timeout(300 ms) still pending after {:?}",
+            t.elapsed()
+        );
+        thaw.join().unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // After the stalls, the consumer gets what is pushed.
+    queue.push(&"after".to_owned()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match consumer.next_timeout(Duration::from_millis(300)).await {
+            Ok(Some(m)) => {
+                assert_eq!(m.value(), "after");
+                m.ack().await.unwrap();
+                break;
+            }
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "consumer not back: {other:?}"
+            ),
+        }
+    }
+
+    // A frozen replica among the seeds.
+    let replica = (0..cluster.nodes.len())
+        .find(|&i| cluster.role(i).as_deref() == Some("slave"))
+        .expect("a replica");
+    cluster.nodes[replica].freeze();
+    let t = std::time::Instant::now();
+    let seeded = Client::cluster(&cluster.urls()).await;
+    let took = t.elapsed();
+    cluster.nodes[replica].thaw();
+    let seeded = seeded.unwrap_or_else(|e| panic!("connect with a frozen seed: {e}"));
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    for name in ["a", "b", "c", "d", "e", "f"] {
+        seeded.counter(name).incr(1).await.unwrap();
+    }
+}

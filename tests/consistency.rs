@@ -269,10 +269,51 @@ fn no_read_sees_a_version_older_than_a_returned_invalidate_on_a_cluster() {
     check_fleet(&cluster.url(), &log, Some(&cluster));
 }
 
+/// The same fleet on a Cluster whose busiest master is `SIGKILL`ed 2.5 s
+/// into the run: its replica is promoted (node timeout 1 s) and the run
+/// goes on past it. Calls on that master's keys fail until the promotion
+/// (counted, not judged: an invalidate that did not return promises
+/// nothing). Across it, a process serves its L1 until its own connection
+/// is back and flushes it, while others may already write through the
+/// promoted master: reads 10-15 ms stale were seen right after the
+/// promotion in some runs. Asserted: none staler than 250 ms (no notice
+/// lost for good, which would leave a value stale until its TTL).
+///
+/// Over loopback, a write's replication reaches the replica's socket
+/// before the write's reply reaches the client, so an acknowledged
+/// invalidate survives the kill here. Across hosts, asynchronous
+/// replication can lose the last acknowledged writes of a killed master,
+/// and with them an invalidate: that value is then served until its TTL
+/// (the README's failover section).
+#[test]
+fn no_read_is_stale_across_a_cluster_failover() {
+    let _serial = serial();
+    let cluster = RedisCluster::start(3, 1);
+    let log = RedisServer::start();
+    check_fleet_with(&cluster.url(), &log, Some(&cluster), Some(2_500));
+}
+
 /// Runs `PROCS` checker processes with their cache on `url`, records and
 /// rows on `log`, and judges the history.
 fn check_fleet(url: &str, log: &RedisServer, cluster: Option<&RedisCluster>) {
+    check_fleet_with(url, log, cluster, None);
+}
+
+/// `kill_after_ms`: `SIGKILL` the master holding the most keys that long
+/// after the start (a Cluster only), and judge the run across the failover.
+fn check_fleet_with(
+    url: &str,
+    log: &RedisServer,
+    cluster: Option<&RedisCluster>,
+    kill_after_ms: Option<u64>,
+) {
     let mut con = log.connection();
+    // Across a failover the run goes on well past the promotion.
+    let ops = if kill_after_ms.is_some() {
+        2 * OPS_PER_PROC
+    } else {
+        OPS_PER_PROC
+    };
     let log_url = log.url();
     let bin = checker_bin();
     // Random by default (it is a randomized checker); printed, and settable,
@@ -288,7 +329,7 @@ fn check_fleet(url: &str, log: &RedisServer, cluster: Option<&RedisCluster>) {
                 .args(["--redis", url, "--log", &log_url, "--prefix", prefix])
                 .args(["--rows", &ROWS.to_string()])
                 .args(["--readers", "6", "--writers", "2"])
-                .args(["--ops", &OPS_PER_PROC.to_string()])
+                .args(["--ops", &ops.to_string()])
                 .args(["--seed", &(seed + i).to_string()])
                 .args(["--ttl-ms", "2000", "--max-ms", "40000"])
                 .stdout(Stdio::piped())
@@ -334,14 +375,37 @@ fn check_fleet(url: &str, log: &RedisServer, cluster: Option<&RedisCluster>) {
         .query(&mut con)
         .unwrap();
     let t0 = Instant::now();
+    let killed = kill_after_ms.map(|ms| {
+        let cluster = cluster.expect("a failover needs a Cluster");
+        let masters = cluster.masters();
+        let sizes = cluster.dbsizes();
+        let victim = *masters
+            .iter()
+            .max_by_key(|m| sizes[**m].unwrap_or(0))
+            .expect("masters");
+        let pid = cluster.nodes[victim].pid().expect("victim running");
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            let at = now_ms() as i64 * 1000;
+            let ok = Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill -9 {pid}");
+            at
+        })
+    });
     let outputs: Vec<String> = children
         .into_iter()
         .map(|c| wait_bounded(c, deadline))
         .collect();
     let elapsed = t0.elapsed();
 
+    let killed_at_us = killed.map(|k| k.join().expect("killer thread"));
     let errors = list(&mut con, &format!("{prefix}:errors"));
-    assert!(errors.is_empty(), "operations failed: {errors:?}");
+    if killed_at_us.is_none() {
+        assert!(errors.is_empty(), "operations failed: {errors:?}");
+    }
     let reads: Vec<Read> = list(&mut con, &format!("{prefix}:reads"))
         .iter()
         .map(|l| read_record(l))
@@ -449,6 +513,28 @@ fn check_fleet(url: &str, log: &RedisServer, cluster: Option<&RedisCluster>) {
         );
     }
 
+    if let Some(at) = killed_at_us {
+        // The kill landed mid-run, calls failed around it, and the fleet
+        // used Redis again after it: invalidates returned well after.
+        let recovered = writes
+            .iter()
+            .filter(|w| w.inval_end != i64::MAX && w.inval_end > at + 5_000_000 / 2)
+            .count();
+        let last_failed = writes
+            .iter()
+            .filter(|w| w.inval_end == i64::MAX)
+            .map(|w| w.incr_end)
+            .max();
+        println!(
+            "failover: master killed at {at} µs; {} calls failed, the last invalidate to fail \
+             started {:?} ms after the kill; {recovered} invalidates returned more than 2.5 s \
+             after it",
+            errors.len(),
+            last_failed.map(|l| (l - at) / 1000)
+        );
+        assert!(!errors.is_empty(), "the kill failed no call: did it land?");
+        assert!(recovered > 0, "no invalidate returned after the failover");
+    }
     assert!(ops >= 10_000, "only {ops} operations");
     assert!(v.future.is_empty(), "reads from the future: {:?}", v.future);
     // The run must have been able to fail: reads raced writes, old versions
@@ -467,13 +553,32 @@ fn check_fleet(url: &str, log: &RedisServer, cluster: Option<&RedisCluster>) {
     ] {
         assert!(stat(name) > 0, "no {name} in {totals:?}");
     }
-    assert!(published >= writes.len() as u64, "{published} notices");
+    if killed_at_us.is_none() {
+        assert!(published >= writes.len() as u64, "{published} notices");
+    } else {
+        // The killed master's counts died with it.
+        assert!(published > 0, "no notices");
+    }
     assert!(
         own_at_0.is_empty(),
         "the invalidating process itself served an older version after its invalidate \
          returned: {:?}",
         &own_at_0[..own_at_0.len().min(10)]
     );
+    if killed_at_us.is_some() {
+        // Across a failover: a process serves its L1 until its own
+        // connection is back (then flushes it), and the others may write
+        // through the promoted master a few ms before. Measured: at most
+        // 15 ms after an invalidate returned; asserted: 250 ms (nothing
+        // left stale until its TTL, 2 s, by a notice lost for good).
+        assert!(
+            max_lag_us < FAILOVER_BOUND_US,
+            "a read saw an older version {max_lag_us} µs after an invalidate returned, \
+             across the failover; worst: {:?}",
+            &v.stale[..v.stale.len().min(10)]
+        );
+        return;
+    }
     assert_eq!(
         v.violations[BOUNDS_US.len() - 1],
         0,
@@ -481,6 +586,9 @@ fn check_fleet(url: &str, log: &RedisServer, cluster: Option<&RedisCluster>) {
         &v.stale[..v.stale.len().min(10)]
     );
 }
+
+/// Across a failover, the bound asserted (µs).
+const FAILOVER_BOUND_US: i64 = 250_000;
 
 /// Reads that saw a version older than one their own process had written
 /// and invalidated (the invalidate returned) before the read started.

@@ -391,7 +391,15 @@ impl GroupReader {
                         .await?
                 }
             };
-            match cmd.query_async(&mut conn).await {
+            // Bounded by our timer too: on a Cluster, a command to a
+            // master that stalls can hang inside redis-rs past its
+            // response timeout (seen: for good after a 0.7 s freeze).
+            match crate::shared::server::bounded(
+                block + self.server.timeout,
+                cmd.query_async(&mut conn),
+            )
+            .await
+            {
                 Ok(reply) => {
                     self.blocking = Some(conn);
                     return Ok(reply);
@@ -402,7 +410,11 @@ impl GroupReader {
                     self.blocking = Some(conn);
                     return Err(e);
                 }
-                Err(e) if fresh => return Err(e),
+                // A new connection that fails, or one that timed out (the
+                // server is slow, not the connection stale: trying again
+                // would only double the wait), is the caller's error; the
+                // connection is dropped either way.
+                Err(e) if fresh || e.is_timeout() => return Err(e),
                 Err(_) => {}
             }
         }
