@@ -507,6 +507,7 @@ async fn a_stalled_node_costs_only_its_own_keys() {
     let t = std::time::Instant::now();
     let seeded = Client::cluster(&cluster.urls()).await;
     let took = t.elapsed();
+    println!("connect with a frozen seed: {took:?}");
     cluster.nodes[replica].thaw();
     let seeded = seeded.unwrap_or_else(|e| panic!("connect with a frozen seed: {e}"));
     assert!(took < Duration::from_secs(2), "{took:?}");

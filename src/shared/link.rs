@@ -617,13 +617,15 @@ impl Link {
                 .await?
             }
             Target::Cluster(cluster) => {
-                // Half the bound on the whole: redis-rs dials every seed
-                // and waits for all of them, and a seed that accepts but
-                // never answers (a frozen or partitioned host) would take
-                // the whole bound, failing every attempt while the other
-                // nodes are fine. At half, it fails alone and the rest go on.
+                // A quarter of the bound on the whole: redis-rs dials every
+                // seed and waits for all of them, then dials the nodes of
+                // the slot map it read (a replica among them), and a node
+                // that accepts but never answers (a frozen or partitioned
+                // host) would take the whole bound in either step, failing
+                // every attempt while the other nodes are fine. At a
+                // quarter, it fails alone in both and the rest go on.
                 let mut config = ClusterConfig::new()
-                    .set_connection_timeout((self.timeout / 2).max(Duration::from_millis(10)))
+                    .set_connection_timeout((self.timeout / 4).max(Duration::from_millis(10)))
                     .set_response_timeout(response_timeout);
                 if let Some(on_push) = on_push {
                     config = config.set_push_sender(on_push);
