@@ -515,3 +515,69 @@ async fn a_stalled_node_costs_only_its_own_keys() {
         seeded.counter(name).incr(1).await.unwrap();
     }
 }
+
+/// A master that freezes (not dies) is failed over by the cluster; the
+/// client must follow the promotion while the old master is still frozen,
+/// not wait for it to thaw (a frozen node among the seeds used to fail
+/// every reconnection attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_master_is_failed_over_and_the_client_follows() {
+    let cluster = RedisCluster::start(3, 1);
+    let client = Client::cluster(&cluster.urls()).await.unwrap();
+    let names = ["a", "b", "c", "d", "e", "f"];
+    for name in names {
+        client.counter(name).incr(1).await.unwrap();
+    }
+    let victim = cluster.master_of("hc:ct:{a}");
+    let replica = (0..cluster.nodes.len())
+        .find(|&i| {
+            cluster.role(i).as_deref() == Some("slave") && {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut cluster.nodes[i].connection())
+                    .unwrap();
+                info.contains(&format!("master_port:{}", cluster.nodes[victim].port()))
+            }
+        })
+        .expect("the victim's replica");
+    cluster.nodes[victim].freeze();
+    let frozen_at = std::time::Instant::now();
+    // Keep using every shard while the cluster fails the master over.
+    let promoted = loop {
+        for name in names {
+            let _ = client.counter(name).incr(1).await;
+        }
+        if cluster.role(replica).as_deref() == Some("master") {
+            break frozen_at.elapsed();
+        }
+        assert!(
+            frozen_at.elapsed() < Duration::from_secs(15),
+            "no promotion"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Every shard, the promoted one included, is used again soon after,
+    // with the old master still frozen.
+    let t = std::time::Instant::now();
+    let mut pending: Vec<&str> = names.to_vec();
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for name in pending {
+            if client.counter(name).incr(1).await.is_err() {
+                still.push(name);
+            }
+        }
+        pending = still;
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{pending:?} still failing {:?} after the promotion ({promoted:?} after the freeze)",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "frozen master: promoted {promoted:?} after the freeze; every shard used again {:?} after",
+        t.elapsed()
+    );
+    cluster.nodes[victim].thaw();
+}
