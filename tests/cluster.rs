@@ -309,23 +309,8 @@ fn a_master_killed_under_load_fails_no_call_for_cached_keys() {
     // Warm (every key cached), then kill the master that serves the most
     // of the keys.
     std::thread::sleep(Duration::from_millis(2500));
-    let masters = cluster.masters();
-    let sizes = cluster.dbsizes();
-    let victim = *masters
-        .iter()
-        .max_by_key(|m| sizes[**m].unwrap_or(0))
-        .unwrap();
-    let replica = (0..cluster.nodes.len())
-        .find(|&i| {
-            cluster.role(i).as_deref() == Some("slave") && {
-                let info: String = redis::cmd("INFO")
-                    .arg("replication")
-                    .query(&mut cluster.nodes[i].connection())
-                    .unwrap();
-                info.contains(&format!("master_port:{}", cluster.nodes[victim].port()))
-            }
-        })
-        .expect("the victim's replica");
+    let victim = cluster.busiest_master();
+    let replica = cluster.replica_of(victim);
     let killed_at = support::now_ms();
     cluster.nodes[victim].kill();
     let promoted_at = loop {
@@ -529,17 +514,7 @@ async fn a_frozen_master_is_failed_over_and_the_client_follows() {
         client.counter(name).incr(1).await.unwrap();
     }
     let victim = cluster.master_of("hc:ct:{a}");
-    let replica = (0..cluster.nodes.len())
-        .find(|&i| {
-            cluster.role(i).as_deref() == Some("slave") && {
-                let info: String = redis::cmd("INFO")
-                    .arg("replication")
-                    .query(&mut cluster.nodes[i].connection())
-                    .unwrap();
-                info.contains(&format!("master_port:{}", cluster.nodes[victim].port()))
-            }
-        })
-        .expect("the victim's replica");
+    let replica = cluster.replica_of(victim);
     cluster.nodes[victim].freeze();
     let frozen_at = std::time::Instant::now();
     // Keep using every shard while the cluster fails the master over.

@@ -377,12 +377,7 @@ fn check_fleet_with(
     let t0 = Instant::now();
     let killed = kill_after_ms.map(|ms| {
         let cluster = cluster.expect("a failover needs a Cluster");
-        let masters = cluster.masters();
-        let sizes = cluster.dbsizes();
-        let victim = *masters
-            .iter()
-            .max_by_key(|m| sizes[**m].unwrap_or(0))
-            .expect("masters");
+        let victim = cluster.busiest_master();
         let pid = cluster.nodes[victim].pid().expect("victim running");
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(ms));

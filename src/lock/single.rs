@@ -428,18 +428,31 @@ impl Lock {
             lease: self.lease,
             uncertain: false,
         };
-        if !self.fenced {
-            let tried = self.acquire_unfenced(keys, token, waits).await;
-            in_flight.settle(&tried);
-            return match tried.map_err(|e| Error::redis("acquire lock", e))? {
-                Tried::Taken(fence) => Ok(Attempt::Taken((fence, sent))),
-                Tried::Held(pttl) => Ok(Attempt::Held {
-                    pttl: Duration::from_millis(pttl.max(0) as u64),
-                }),
-            };
+        let tried = if self.fenced {
+            self.acquire_fenced(keys, token, waits).await
+        } else {
+            self.acquire_unfenced(keys, token, waits).await
+        };
+        in_flight.settle(&tried);
+        match tried.map_err(|e| Error::redis("acquire lock", e))? {
+            Tried::Taken(fence) => Ok(Attempt::Taken((fence, sent))),
+            Tried::Held(pttl) => Ok(Attempt::Held {
+                pttl: Duration::from_millis(pttl.max(0) as u64),
+            }),
         }
-        // The first acquisition of this name on this connection floors the
-        // fence counter at the server clock (`lock/floor.rs`).
+    }
+
+    /// The lock and its fencing token: the transaction on one node, the
+    /// `ACQUIRE` script on a Cluster. The first acquisition of this name
+    /// on this connection floors the fence counter at the server clock
+    /// (`lock/floor.rs`).
+    async fn acquire_fenced(
+        &self,
+        keys: &Arc<LockKeys>,
+        token: Token,
+        waits: bool,
+    ) -> RedisResult<Tried> {
+        let server = &self.client.server;
         let serial = server.link.serial().unwrap_or(crate::lock::floor::NEVER);
         let floors = &self.client.fence_floors;
         let floor = floors.needed(&self.name, &keys.floored, serial);
@@ -450,16 +463,10 @@ impl Lock {
         } else {
             self.acquire_multi(keys, token, waits, floor).await
         };
-        in_flight.settle(&tried);
         if floor && matches!(tried, Ok(Tried::Taken(_))) {
             floors.done(&self.name, &keys.floored, serial);
         }
-        match tried.map_err(|e| Error::redis("acquire lock", e))? {
-            Tried::Taken(fence) => Ok(Attempt::Taken((fence, sent))),
-            Tried::Held(pttl) => Ok(Attempt::Held {
-                pttl: Duration::from_millis(pttl.max(0) as u64),
-            }),
-        }
+        tried
     }
 
     /// [`Lock::fenced`]`(false)`: `SET lock token NX PX lease` (one key: on

@@ -86,12 +86,12 @@ impl Batches {
         &self,
         server: &Arc<Server>,
         sku: &Arc<str>,
-        keys: &Arc<StockKeys>,
+        keys: Arc<StockKeys>,
     ) -> Arc<Batch> {
         self.by_sku.get_with_by_ref(sku, || {
             Arc::new(Batch {
                 server: server.clone(),
-                keys: keys.clone(),
+                keys,
                 sku: sku.clone(),
                 queue: Mutex::new(Queue::default()),
             })
@@ -123,6 +123,11 @@ impl Drop for Running {
 }
 
 impl Batch {
+    /// The SKU's keys.
+    pub(crate) fn keys(&self) -> &StockKeys {
+        &self.keys
+    }
+
     /// Reserves through the SKU's next batch: the script's answer for this
     /// order (`R|…`, `S`, `U` or `N`).
     ///

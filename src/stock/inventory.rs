@@ -20,12 +20,10 @@ use crate::stock::scripts::{ADD, CANCEL};
 pub struct Stock {
     pub(crate) client: Client,
     pub(crate) sku: Arc<str>,
-    /// Built once: a reserve writes no key names of its own. A bad SKU is
-    /// kept as its error, reported by every call.
-    keys: Result<Arc<StockKeys>, Error>,
-    /// The SKU's group commit in this client (`batch.rs`); none for a bad
-    /// SKU.
-    batch: Option<Arc<Batch>>,
+    /// Built once: the SKU's keys and its group commit in this client
+    /// (`batch.rs`), so a reserve writes no key names of its own. A bad
+    /// SKU is kept as its error, reported by every call.
+    batch: Result<Arc<Batch>, Error>,
     per_user_limit: u32,
 }
 
@@ -89,16 +87,15 @@ impl std::fmt::Debug for Stock {
 
 impl Stock {
     pub(crate) fn new(client: Client, sku: String) -> Self {
-        let keys = StockKeys::new(&sku).map(Arc::new);
         let sku: Arc<str> = sku.into();
-        let batch = keys
-            .as_ref()
-            .ok()
-            .map(|k| client.stock_batches.of(&client.server, &sku, k));
+        let batch = StockKeys::new(&sku).map(|keys| {
+            client
+                .stock_batches
+                .of(&client.server, &sku, Arc::new(keys))
+        });
         Stock {
             client,
             sku,
-            keys,
             batch,
             per_user_limit: 0,
         }
@@ -118,7 +115,7 @@ impl Stock {
     }
 
     pub(crate) fn keys(&self) -> Result<&StockKeys, Error> {
-        self.keys.as_deref().map_err(Clone::clone)
+        self.batch.as_ref().map(|b| b.keys()).map_err(Clone::clone)
     }
 
     /// Sets the units available (a new sale, or a correction). Answers
@@ -235,7 +232,7 @@ impl Stock {
         qty: impl TryInto<u32>,
     ) -> Result<Reservation, Error> {
         // A bad SKU is its error, before the ids are looked at.
-        self.keys()?;
+        let batch = self.batch.as_ref().map_err(Clone::clone)?;
         check_id("order id", order_id)?;
         check_id("user id", user_id)?;
         // Any integer type is taken, so that a negative or huge quantity
@@ -248,9 +245,6 @@ impl Stock {
                     format!("quantity must be 1 to {MAX_QTY}"),
                 ));
             }
-        };
-        let Some(batch) = &self.batch else {
-            return Err(keys_err(&self.keys));
         };
         let answer = batch
             .reserve(order_id, user_id, qty, self.per_user_limit)
@@ -363,14 +357,6 @@ impl Stock {
     /// read by consumer groups that acknowledge what they have stored.
     pub fn orders(&self) -> Orders {
         Orders::new(self.clone())
-    }
-}
-
-/// The error a bad SKU's handle reports (it has no batch).
-fn keys_err(keys: &Result<Arc<StockKeys>, Error>) -> Error {
-    match keys {
-        Err(e) => e.clone(),
-        Ok(_) => Error::new(ErrorKind::Config, "stock handle without a batch"),
     }
 }
 

@@ -700,6 +700,31 @@ impl RedisCluster {
             })
             .collect()
     }
+
+    /// The master holding the most keys.
+    pub fn busiest_master(&self) -> usize {
+        let sizes = self.dbsizes();
+        self.masters()
+            .into_iter()
+            .max_by_key(|&m| sizes[m].unwrap_or(0))
+            .expect("a running master")
+    }
+
+    /// The replica of `master`.
+    pub fn replica_of(&self, master: usize) -> usize {
+        let port = format!("master_port:{}", self.nodes[master].port());
+        (0..self.nodes.len())
+            .find(|&i| {
+                self.role(i).as_deref() == Some("slave") && {
+                    let info: String = redis::cmd("INFO")
+                        .arg("replication")
+                        .query(&mut self.nodes[i].connection())
+                        .unwrap();
+                    info.contains(&port)
+                }
+            })
+            .expect("the master's replica")
+    }
 }
 
 impl Drop for RedisCluster {
